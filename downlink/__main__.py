@@ -1,0 +1,3 @@
+from downlink.cli.main import main
+
+main()
