@@ -37,6 +37,8 @@ class Settings:
     kafka_port: int = 9092
     kafka_controller_port: int = 9093
     kafka_heap: str = "512m"
+    #: replication factor of topics created from topics.yaml (1 on the single-node local stack)
+    topic_replication_factor: int = 1
     mqtt_port: int = 1883
     mqtt_ws_port: int = 9001
     prometheus_port: int = 9090
@@ -48,6 +50,10 @@ class Settings:
     max_message_bytes: int = 16 << 20
     #: an open exposure with no new packet for this long is written as partial L0
     l0_quiet_seconds: float = 600.0
+    #: after every contact that carried an incomplete exposure has ended, wait this long, then write it partial
+    l0_eoc_margin_seconds: float = 5.0
+    #: ``downlink run --until-idle`` exits after every consumer was idle this long
+    idle_seconds: float = 2.0
     #: engineering dictionary (YAML); default is the one shipped in streams/data
     dictionary_file: Path = REPO_ROOT / "streams" / "data" / "eng_dictionary.yaml"
     log_format: str = "kv"  # kv | json

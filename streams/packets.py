@@ -274,3 +274,23 @@ class PacketTime:
     def seconds(self) -> float:
         """Seconds since 1958-01-01 TAI."""
         return self.coarse + self.fine / 65536.0
+
+
+def decode_tag(packet: bytes) -> ExposureTag:
+    """Exposure tag of one science packet (kinds 2-4)."""
+    return ExposureTag(*_TAG.unpack_from(packet, HEADER_LEN))
+
+
+def decode_exposure_start(packet: bytes) -> tuple[ExposureTag, ExposureStart]:
+    """Tag and fields of one kind-2 packet (the L0 assembler needs the geometry)."""
+    if len(packet) != EXPOSURE_START_LEN or packet[13] != Kind.EXPOSURE_START:
+        raise CodecError("not an exposure-start packet (kind 2, 114 bytes)")
+    f = _START.unpack_from(packet, SCIENCE_TAG_END)
+    text = [b.rstrip(b"\0").decode("ascii", "replace") for b in f[10:13]]
+    return decode_tag(packet), ExposureStart(*f[:10], *text)
+
+
+def decode_exposure_end(packet: bytes) -> tuple[ExposureTag, ExposureEnd]:
+    if len(packet) != EXPOSURE_END_LEN or packet[13] != Kind.EXPOSURE_END:
+        raise CodecError("not an exposure-end packet (kind 4, 34 bytes)")
+    return decode_tag(packet), ExposureEnd(*_END.unpack_from(packet, SCIENCE_TAG_END))

@@ -1,0 +1,88 @@
+"""Run consumer services in one asyncio process, supervised.
+
+If any service task dies, the others are stopped and the process exits
+non-zero (no zombie consumer that looks alive but does nothing). With
+``until_idle`` the run ends once every service has consumed its topics to the
+last stable offset and holds no pending work for ``idle_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from consumers.demux import Demux
+from consumers.l0 import L0Assembler
+from consumers.service import Service
+from downlink.errors import ConfigError
+from downlink.settings import Settings
+from monitoring import metrics
+
+log = logging.getLogger(__name__)
+
+SERVICES: dict[str, type[Service]] = {"demux": Demux, "l0": L0Assembler}
+
+
+def build(settings: Settings, names: list[str], instance: str | None = None) -> list[Service]:
+    unknown = [n for n in names if n not in SERVICES]
+    if unknown:
+        raise ConfigError(f"unknown consumer(s) {unknown}; choose from {sorted(SERVICES)}")
+    return [SERVICES[n](settings, instance=instance) for n in names]
+
+
+async def _idle(services: list[Service], idle_seconds: float) -> None:
+    since: float | None = None
+    while True:
+        await asyncio.sleep(0.25)
+        idle = True
+        for s in services:
+            if s.has_pending_work() or not await s.caught_up():
+                idle = False
+                break
+        if not idle:
+            since = None
+        elif since is None:
+            since = time.monotonic()
+        elif time.monotonic() - since >= idle_seconds:
+            return
+
+
+async def run_services(settings: Settings, names: list[str], *, until_idle: bool = False,
+                       instance: str | None = None) -> int:
+    """Start, supervise and stop services; returns the process exit status."""
+    services = build(settings, names, instance)
+    metrics.serve(settings.metrics_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    started: list[Service] = []
+    status = 0
+    try:
+        for s in services:
+            await s.start()
+            started.append(s)
+        tasks = {asyncio.create_task(s.run(), name=f"service:{s.name}") for s in services}
+        waiters = {asyncio.create_task(stop.wait(), name="signal")}
+        if until_idle:
+            waiters.add(asyncio.create_task(_idle(services, settings.idle_seconds), name="idle"))
+        done, _ = await asyncio.wait(tasks | waiters, return_when=asyncio.FIRST_COMPLETED)
+        for task in done & tasks:
+            exc = task.exception() if not task.cancelled() else None
+            log.error("service task ended unexpectedly; stopping all",
+                      extra={"task": task.get_name(), "error": repr(exc)}, exc_info=exc)
+            status = 1
+        for task in tasks | waiters:
+            task.cancel()
+        await asyncio.gather(*tasks, *waiters, return_exceptions=True)
+    finally:
+        for s in reversed(started):
+            await s.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+    return status

@@ -1,0 +1,221 @@
+"""What every consumer service shares: lifecycle, the transactional commit, state tables.
+
+A service consumes one or more topics in a consumer group and, per fetched batch,
+runs one Kafka transaction (STYLE.md, commit order):
+
+1. make every file effect durable (temp file, fsync, atomic rename) — done by
+   the service's ``process`` before it returns its outputs;
+2. produce the output messages and the service's state-table records;
+3. add the consumed offsets to the transaction (``send_offsets_to_transaction``);
+4. commit the transaction.
+
+Readers use ``read_committed``, so a crash anywhere before step 4 leaves no
+visible output and the batch is processed again; a crash after it has nothing
+left to redo. The transactional id is stable per (service, instance), so a
+restarted instance fences its dead predecessor at once.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from downlink.settings import Settings
+from monitoring import metrics
+from streams import envelope
+from streams.kafka import make_consumer, make_producer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Output:
+    """One message to produce in the batch's transaction."""
+
+    topic: str  # logical name
+    value: bytes
+    key: bytes | None = None
+    partition: int | None = None
+    headers: list[tuple[str, bytes]] | None = None
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: "Service") -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # wait for the batch in flight: its transaction holds these partitions' offsets
+        async with self.service._batch_lock:
+            await self.service.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self.service._batch_lock:
+            await self.service.on_assigned(set(assigned))
+
+
+class Service(abc.ABC):
+    """Base of the consumer services (demux, l0, ...)."""
+
+    name: str = "service"
+    inputs: tuple[str, ...] = ()
+    #: batch limits for getmany
+    max_records: int = 64
+    fetch_timeout_ms: int = 200
+
+    def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
+        self.settings = settings
+        self.instance = instance or os.environ.get("DOWNLINK_INSTANCE", "0")
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer = None
+        self._batch_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self.assigned: set[TopicPartition] = set()
+        self.last_activity = time.monotonic()
+
+    # lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        self.producer = make_producer(
+            self.settings, transactional_id=f"downlink.{self.name}.{self.instance}",
+            transaction_timeout_ms=30_000)
+        await self.producer.start()
+        self.consumer = make_consumer(self.settings, group=self.settings.group(self.name),
+                                      max_poll_interval_ms=600_000, session_timeout_ms=15_000,
+                                      heartbeat_interval_ms=2_000)
+        await self.consumer.start()
+        self.consumer.subscribe([self.settings.topic(t) for t in self.inputs],
+                                listener=_Rebalance(self))
+        metrics.CONSUMER_UP.labels(self.name).set(1)
+        log.info("service started", extra={"service": self.name, "instance": self.instance})
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        metrics.CONSUMER_UP.labels(self.name).set(0)
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        await self.close()
+
+    async def __aenter__(self) -> "Service":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def run(self) -> None:
+        """Fetch, process and commit batches until stopped."""
+        assert self.consumer is not None
+        while not self._stopping.is_set():
+            batch = await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms,
+                                                max_records=self.max_records)
+            async with self._batch_lock:
+                records = [(tp, recs) for tp, recs in batch.items()
+                           if recs and tp in self.assigned]
+                outputs = await self.process(records) if records else []
+                outputs += await self.tick()
+                if records or outputs:
+                    self.last_activity = time.monotonic()
+                    await self._commit(outputs, {tp: recs[-1].offset + 1 for tp, recs in records})
+
+    async def _commit(self, outputs: list[Output], consumed: dict[TopicPartition, int]) -> None:
+        offsets = self.commit_offsets(consumed)
+        assert self.producer is not None
+        async with self.producer.transaction():
+            futures = []
+            for out in outputs:
+                topic = self.settings.topic(out.topic)
+                futures.append(await self.producer.send(
+                    topic, out.value, key=out.key, partition=out.partition, headers=out.headers))
+                metrics.MESSAGES_OUT.labels(self.name, out.topic).inc()
+                metrics.BYTES_OUT.labels(self.name, out.topic).inc(len(out.value))
+            if futures:
+                await asyncio.gather(*futures)
+            if offsets:
+                await self.producer.send_offsets_to_transaction(
+                    offsets, self.settings.group(self.name))
+        metrics.TRANSACTIONS.labels(self.name).inc()
+
+    # hooks ----------------------------------------------------------------
+    @abc.abstractmethod
+    async def process(self, records: list[tuple[TopicPartition, list[ConsumerRecord]]]) -> list[Output]:
+        """Handle a batch; make file effects durable; return what to produce."""
+
+    async def tick(self) -> list[Output]:
+        """Time-driven work (e.g. quiet-time flushes); runs after every fetch."""
+        return []
+
+    def commit_offsets(self, consumed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Offsets to commit for a batch (services that keep replayable state pin them)."""
+        return consumed
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.assigned |= assigned
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.assigned -= revoked
+
+    async def close(self) -> None:
+        """Release resources (files, pools)."""
+
+    # idleness (downlink run --until-idle) -----------------------------------
+    def has_pending_work(self) -> bool:
+        return False
+
+    async def caught_up(self) -> bool:
+        """True when every assigned partition is consumed up to its last stable offset."""
+        if self.consumer is None or not self.assigned:
+            return False
+        assigned = sorted(self.assigned)
+        ends = await self.consumer.end_offsets(assigned)
+        for tp in assigned:
+            if await self.consumer.position(tp) < ends[tp]:
+                return False
+        return True
+
+
+async def read_table(settings: Settings, topic: str) -> dict[str, dict[str, Any]]:
+    """Latest envelope per key of a compacted state topic (read to its end)."""
+    consumer = make_consumer(settings, group=None)
+    await consumer.start()
+    table: dict[str, dict[str, Any]] = {}
+    try:
+        physical = settings.topic(topic)
+        partitions = [TopicPartition(physical, p)
+                      for p in sorted(await _partitions(consumer, physical))]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        remaining = {tp for tp in partitions if ends[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, recs in batch.items():
+                for rec in recs:
+                    if rec.key is not None:
+                        table[rec.key.decode()] = envelope.decode(rec.value)
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return table
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> Iterable[int]:
+    await consumer.topics()
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        from downlink.errors import ConfigError
+        raise ConfigError(f"topic {topic!r} is missing; run `downlink topics create`")
+    return parts

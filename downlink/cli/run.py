@@ -1,0 +1,41 @@
+"""``downlink run`` (all consumers in one process) and ``downlink consumer NAME``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional
+
+import typer
+
+from downlink.cli import settings_of
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(
+        ctx: typer.Context,
+        until_idle: bool = typer.Option(False, "--until-idle", help="exit once every topic is drained and every output written"),
+        only: str = typer.Option("demux,l0", help="comma-separated consumers to run"),
+        metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus /metrics here [DOWNLINK_METRICS_PORT]"),
+        instance: Optional[str] = typer.Option(None, help="stable instance id (transactional id suffix) [DOWNLINK_INSTANCE]"),
+    ) -> None:
+        """Run consumers together in one asyncio process."""
+        from consumers.runner import run_services
+
+        settings = settings_of(ctx).replace(**({"metrics_port": metrics_port} if metrics_port is not None else {}))
+        names = [n.strip() for n in only.split(",") if n.strip()]
+        raise typer.Exit(asyncio.run(run_services(settings, names, until_idle=until_idle, instance=instance)))
+
+    @app.command("consumer")
+    def consumer(
+        ctx: typer.Context,
+        name: str = typer.Argument(..., help="demux | l0"),
+        until_idle: bool = typer.Option(False, "--until-idle"),
+        metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus /metrics here"),
+        instance: Optional[str] = typer.Option(None, help="stable instance id; give each replica its own"),
+    ) -> None:
+        """Run one consumer; start several (distinct --instance) to share its group."""
+        from consumers.runner import run_services
+
+        settings = settings_of(ctx).replace(**({"metrics_port": metrics_port} if metrics_port is not None else {}))
+        raise typer.Exit(asyncio.run(run_services(settings, [name], until_idle=until_idle, instance=instance)))

@@ -1,0 +1,82 @@
+"""Shared steps of the pipeline integration tests (real broker, real processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from downlink.settings import Settings
+from streams import envelope
+from streams.kafka import make_consumer
+
+
+def env_for(settings: Settings) -> dict[str, str]:
+    """Environment that makes a `downlink` subprocess use these settings."""
+    env = dict(os.environ)
+    env.update({
+        "DOWNLINK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "DOWNLINK_TOPIC_PREFIX": settings.topic_prefix,
+        "DOWNLINK_DATA_DIR": str(settings.data_dir),
+        "DOWNLINK_STATE_DIR": str(settings.state_dir),
+        "DOWNLINK_L0_EOC_MARGIN_SECONDS": str(settings.l0_eoc_margin_seconds),
+        "DOWNLINK_IDLE_SECONDS": str(settings.idle_seconds),
+    })
+    return env
+
+
+def cli(settings: Settings, *args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "downlink", *args], env=env_for(settings),
+                          check=check, capture_output=True, text=True, **kw)
+
+
+def spawn(settings: Settings, *args: str, log: Path) -> subprocess.Popen:
+    fh = open(log, "ab")
+    return subprocess.Popen([sys.executable, "-m", "downlink", *args], env=env_for(settings),
+                            stdout=fh, stderr=subprocess.STDOUT)
+
+
+def simulate(settings: Settings, tmp: Path, *, seed: int, contact: str, exposures: int = 20,
+             faults: str | None = None, next_contact: str | None = None) -> dict[str, Any]:
+    args = ["simulate", "--seed", str(seed), "--exposures", str(exposures), "--contact", contact,
+            "--out", str(tmp / f"{contact}.bin"), "--truth", str(tmp / f"{contact}.truth.json")]
+    if faults:
+        args += ["--faults", faults]
+    if next_contact:
+        args += ["--next-out", str(tmp / f"{next_contact}.bin"), "--next-contact", next_contact]
+    cli(settings, *args)
+    return json.loads((tmp / f"{contact}.truth.json").read_text())
+
+
+def ingest(settings: Settings, path: Path, contact: str) -> None:
+    cli(settings, "ingest", str(path), "--contact", contact)
+
+
+async def read_all(settings: Settings, topic: str) -> list[tuple[bytes | None, dict[str, Any] | bytes]]:
+    """Every committed message of a topic (key, decoded envelope or raw value), partition order."""
+    consumer = make_consumer(settings, group=None)
+    await consumer.start()
+    out: list[tuple[bytes | None, Any]] = []
+    try:
+        physical = settings.topic(topic)
+        await consumer.topics()
+        tps = [TopicPartition(physical, p) for p in sorted(consumer.partitions_for_topic(physical))]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                for r in recs:
+                    try:
+                        out.append((r.key, envelope.decode(r.value)))
+                    except Exception:
+                        out.append((r.key, r.value))
+    finally:
+        await consumer.stop()
+    return out
