@@ -69,6 +69,13 @@ def _headers(rec: ConsumerRecord) -> dict[str, str]:
     return {k: v.decode() for k, v in (rec.headers or ())}
 
 
+def _extract(decoded: DecodedChunk, idx: np.ndarray) -> tuple[bytes, bytes]:
+    """Selected packets as one byte string, with their index rebased onto it."""
+    index = decoded.packets.take(idx)
+    index.offset = np.concatenate(([0], np.cumsum(index.length[:-1], dtype=np.int64)))
+    return decoded.packets_bytes(idx), index.to_bytes()
+
+
 def _groups(keys: np.ndarray) -> list[np.ndarray]:
     """Indices grouped by key (rows of a 2-D array or values of a 1-D one), arrival order kept."""
     if len(keys) == 0:
@@ -215,20 +222,20 @@ class Demux(Service):
             for group in _groups(pk.apid[sel]):
                 idx = sel[group]
                 apid = int(pk.apid[idx[0]])
+                packets, index = _extract(decoded, idx)
                 out.append(Output(topic, envelope.encode("tlm.eng.batch", {
                     "contact": contact, "apid": apid, "source": int(source), "raw_ts": raw_ts,
-                    "packets": decoded.packets_bytes(idx), "index": pk.take(idx).to_bytes()}),
-                    key=str(apid).encode()))
+                    "packets": packets, "index": index}), key=str(apid).encode()))
         sel = np.flatnonzero(~eng)
         if len(sel):
             tags = np.stack([getattr(pk, f)[sel].astype(np.int64) for f in TAG_FIELDS], axis=1)
             for group in _groups(tags):
                 idx = sel[group]
                 exposure_id = ExposureTag(*tags[group[0]].tolist()).exposure_id
+                packets, index = _extract(decoded, idx)
                 bulk.append(Output("tlm.sci", envelope.encode("tlm.sci.run", {
                     "contact": contact, "exposure_id": exposure_id, "raw_ts": raw_ts,
-                    "packets": decoded.packets_bytes(idx), "index": pk.take(idx).to_bytes()}),
-                    key=exposure_id.encode()))
+                    "packets": packets, "index": index}), key=exposure_id.encode()))
 
     @staticmethod
     def _count(event: AccountingEvent) -> None:

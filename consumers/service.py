@@ -24,15 +24,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
+from downlink.errors import ConfigError, DownlinkError
 from downlink.settings import Settings
 from monitoring import metrics
 from streams import envelope
-from streams.kafka import make_consumer, make_producer
+from streams.kafka import make_admin, make_consumer, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,12 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self.service._batch_lock:
-            await self.service.on_assigned(set(assigned))
+            try:
+                await self.service.on_assigned(set(assigned))
+            except Exception as exc:
+                # aiokafka only logs listener errors; processing without our state would be wrong
+                self.service._fatal = exc
+                raise
 
 
 class Service(abc.ABC):
@@ -78,6 +84,7 @@ class Service(abc.ABC):
         self.producer = None
         self._batch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._fatal: BaseException | None = None
         self.assigned: set[TopicPartition] = set()
         self.last_activity = time.monotonic()
 
@@ -121,6 +128,9 @@ class Service(abc.ABC):
             batch = await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms,
                                                 max_records=self.max_records)
             async with self._batch_lock:
+                if self._fatal is not None:
+                    raise DownlinkError(f"{self.name}: partition assignment failed: {self._fatal!r}; "
+                                        "the service stops rather than run without its state") from self._fatal
                 records = [(tp, recs) for tp, recs in batch.items()
                            if recs and tp in self.assigned]
                 outputs = await self.process(records) if records else []
@@ -192,8 +202,7 @@ async def read_table(settings: Settings, topic: str) -> dict[str, dict[str, Any]
     table: dict[str, dict[str, Any]] = {}
     try:
         physical = settings.topic(topic)
-        partitions = [TopicPartition(physical, p)
-                      for p in sorted(await _partitions(consumer, physical))]
+        partitions = [TopicPartition(physical, p) for p in await topic_partitions(settings, physical)]
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         await consumer.seek_to_beginning(*partitions)
@@ -212,10 +221,23 @@ async def read_table(settings: Settings, topic: str) -> dict[str, dict[str, Any]
     return table
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> Iterable[int]:
-    await consumer.topics()
-    parts = consumer.partitions_for_topic(topic)
-    if not parts:
-        from downlink.errors import ConfigError
-        raise ConfigError(f"topic {topic!r} is missing; run `downlink topics create`")
-    return parts
+async def topic_partitions(settings: Settings, topic: str, wait: float = 10.0) -> list[int]:
+    """Partitions of a physical topic (admin metadata), waiting briefly for a just-created one.
+
+    ``AIOKafkaConsumer.partitions_for_topic`` only knows subscribed topics, so
+    unmanaged readers ask the admin API instead.
+    """
+    deadline = time.monotonic() + wait
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        while True:
+            described = await admin.describe_topics([topic])
+            info = described[0] if described else {}
+            if info.get("error_code") == 0 and info.get("partitions"):
+                return sorted(p["partition"] for p in info["partitions"])
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"topic {topic!r} is missing; run `downlink topics create`")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()

@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import TopicPartition
 
 from downlink.settings import Settings
+from consumers.service import topic_partitions
 from streams import envelope
 from streams.kafka import make_consumer
 
@@ -64,8 +65,7 @@ async def read_all(settings: Settings, topic: str) -> list[tuple[bytes | None, d
     out: list[tuple[bytes | None, Any]] = []
     try:
         physical = settings.topic(topic)
-        await consumer.topics()
-        tps = [TopicPartition(physical, p) for p in sorted(consumer.partitions_for_topic(physical))]
+        tps = [TopicPartition(physical, p) for p in await topic_partitions(settings, physical)]
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
