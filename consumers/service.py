@@ -92,7 +92,8 @@ class Service(abc.ABC):
     async def start(self) -> None:
         self.producer = make_producer(
             self.settings, transactional_id=f"downlink.{self.name}.{self.instance}",
-            transaction_timeout_ms=30_000)
+            transaction_timeout_ms=30_000,
+            compression_type=None if self.settings.bulk_compression == "none" else self.settings.bulk_compression)
         await self.producer.start()
         self.consumer = make_consumer(self.settings, group=self.settings.group(self.name),
                                       max_poll_interval_ms=600_000, session_timeout_ms=15_000,

@@ -46,6 +46,14 @@ class Settings:
     metrics_port: int = 0
     #: raw chunk size published by ingest
     chunk_bytes: int = 1 << 20
+    #: how far back (hours) ingest scans downlink.raw for an earlier run of a contact; 0 = whole partition (exact, slower start)
+    ingest_lookback_hours: float = 0.0
+    #: producer compression (none | gzip | snappy | lz4 | zstd) for control and engineering topics
+    kafka_compression: str = "zstd"
+    #: compression on the bulk path (raw chunks, science runs). Pixel data compress ~1.1:1 in
+    #: flight (JWST.md) and aiokafka's lz4 runs at level 9 (~30 MB/s a core here), zstd-3 at
+    #: ~120 MB/s: on loopback or a LAN the CPU costs more than the bytes saved, so default none
+    bulk_compression: str = "none"
     #: largest Kafka message a producer may send (broker is configured to match)
     max_message_bytes: int = 16 << 20
     #: an open exposure with no new packet for this long is written as partial L0
@@ -84,6 +92,9 @@ class Settings:
                 f"chunk_bytes={self.chunk_bytes} must be positive and at most half of "
                 f"max_message_bytes={self.max_message_bytes}; set DOWNLINK_CHUNK_BYTES"
             )
+        for name in ("kafka_compression", "bulk_compression"):
+            if getattr(self, name) not in ("none", "gzip", "snappy", "lz4", "zstd"):
+                raise ConfigError(f"DOWNLINK_{name.upper()} must be none, gzip, snappy, lz4 or zstd")
         if self.log_format not in ("kv", "json"):
             raise ConfigError("DOWNLINK_LOG_FORMAT must be 'kv' or 'json'")
 
