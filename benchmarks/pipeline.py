@@ -47,7 +47,9 @@ async def _baseline(settings: Settings, path: Path, chunk: int) -> dict[str, flo
     await create_topics(settings, {"bench.baseline": TopicSpec(
         "bench.baseline", raw_spec.partitions, raw_spec.retention_ms, "delete", "contact id",
         "raw-bytes", dict(raw_spec.config))})
-    producer = make_producer(settings)
+    # the same producer configuration as the bulk path (ingest, demux)
+    producer = make_producer(settings, compression_type=None if settings.bulk_compression == "none"
+                             else settings.bulk_compression)
     await producer.start()
     size = path.stat().st_size
     t0 = time.perf_counter()
