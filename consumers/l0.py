@@ -113,7 +113,17 @@ class L0Assembler(Service):
         return bool(self.open)
 
     async def process(self, records: list[tuple[TopicPartition, list[ConsumerRecord]]]) -> list[Output]:
-        now = time.monotonic()
+        touched = await asyncio.to_thread(self._add_records, records, time.monotonic())
+        outputs: list[Output] = []
+        for exposure_id in sorted(touched):
+            if self.open[exposure_id].assembly.complete:
+                outputs += await self._finish(exposure_id)
+        metrics.OPEN_EXPOSURES.set(len(self.open))
+        return outputs
+
+    def _add_records(self, records: list[tuple[TopicPartition, list[ConsumerRecord]]],
+                     now: float) -> set[str]:
+        """Add a batch to the open exposures (worker thread; the batch lock is held)."""
         touched: set[str] = set()
         for tp, recs in records:
             for rec in recs:
@@ -129,18 +139,13 @@ class L0Assembler(Service):
                 if entry is None:
                     assembly = Assembly.for_exposure(exposure_id)
                     if state is not None:
-                        await asyncio.to_thread(self._seed, assembly, state)
+                        self._seed(assembly, state)
                     entry = self.open[exposure_id] = Open(assembly, tp, rec.offset, now)
                 index = PacketIndex.from_bytes(msg["index"])
                 entry.assembly.add(index, msg["packets"], msg["contact"], msg.get("raw_ts", 0))
                 entry.last_update = now
                 touched.add(exposure_id)
-        outputs: list[Output] = []
-        for exposure_id in sorted(touched):
-            if self.open[exposure_id].assembly.complete:
-                outputs += await self._finish(exposure_id)
-        metrics.OPEN_EXPOSURES.set(len(self.open))
-        return outputs
+        return touched
 
     async def tick(self) -> list[Output]:
         now = time.monotonic()

@@ -56,6 +56,7 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         # wait for the batch in flight: its transaction holds these partitions' offsets
         async with self.service._batch_lock:
+            await self.service.drain()
             await self.service.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -85,6 +86,7 @@ class Service(abc.ABC):
         self._batch_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
+        self._pending: asyncio.Task | None = None
         self.assigned: set[TopicPartition] = set()
         self.last_activity = time.monotonic()
 
@@ -123,25 +125,45 @@ class Service(abc.ABC):
         await self.stop()
 
     async def run(self) -> None:
-        """Fetch, process and commit batches until stopped."""
-        assert self.consumer is not None
-        while not self._stopping.is_set():
-            batch = await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms,
-                                                max_records=self.max_records)
-            async with self._batch_lock:
-                if self._fatal is not None:
-                    raise DownlinkError(f"{self.name}: partition assignment failed: {self._fatal!r}; "
-                                        "the service stops rather than run without its state") from self._fatal
-                records = [(tp, recs) for tp, recs in batch.items()
-                           if recs and tp in self.assigned]
-                outputs = await self.process(records) if records else []
-                outputs += await self.tick()
-                if records or outputs:
-                    self.last_activity = time.monotonic()
-                    await self._commit(outputs, {tp: recs[-1].offset + 1 for tp, recs in records})
+        """Fetch, process and commit batches until stopped.
 
-    async def _commit(self, outputs: list[Output], consumed: dict[TopicPartition, int]) -> None:
-        offsets = self.commit_offsets(consumed)
+        The transaction of batch N commits while batch N+1 is fetched and
+        processed (CPU in a worker thread), so produce latency and decoding
+        overlap; transactions themselves stay strictly in order.
+        """
+        assert self.consumer is not None
+        try:
+            while not self._stopping.is_set():
+                batch = await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms,
+                                                    max_records=self.max_records)
+                async with self._batch_lock:
+                    if self._fatal is not None:
+                        raise DownlinkError(
+                            f"{self.name}: partition assignment failed: {self._fatal!r}; "
+                            "the service stops rather than run without its state") from self._fatal
+                    records = [(tp, recs) for tp, recs in batch.items()
+                               if recs and tp in self.assigned]
+                    outputs = await self.process(records) if records else []
+                    outputs += await self.tick()
+                    await self.drain()
+                    if records or outputs:
+                        self.last_activity = time.monotonic()
+                        offsets = self.commit_offsets(
+                            {tp: recs[-1].offset + 1 for tp, recs in records})
+                        self._pending = asyncio.create_task(self._commit(outputs, offsets))
+        finally:
+            # a graceful stop lets the transaction in flight finish (a kill aborts it)
+            if self._pending is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(self._pending)
+
+    async def drain(self) -> None:
+        """Wait for the transaction in flight (re-raising its failure)."""
+        if self._pending is not None:
+            task, self._pending = self._pending, None
+            await task
+
+    async def _commit(self, outputs: list[Output], offsets: dict[TopicPartition, int]) -> None:
         assert self.producer is not None
         async with self.producer.transaction():
             futures = []
@@ -187,6 +209,8 @@ class Service(abc.ABC):
     async def caught_up(self) -> bool:
         """True when every assigned partition is consumed up to its last stable offset."""
         if self.consumer is None or not self.assigned:
+            return False
+        if self._pending is not None and not self._pending.done():
             return False
         assigned = sorted(self.assigned)
         ends = await self.consumer.end_offsets(assigned)

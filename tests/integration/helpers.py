@@ -37,9 +37,9 @@ def cli(settings: Settings, *args: str, check: bool = True, **kw: Any) -> subpro
 
 
 def spawn(settings: Settings, *args: str, log: Path) -> subprocess.Popen:
-    fh = open(log, "ab")
-    return subprocess.Popen([sys.executable, "-m", "downlink", *args], env=env_for(settings),
-                            stdout=fh, stderr=subprocess.STDOUT)
+    with open(log, "ab") as fh:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "downlink", *args], env=env_for(settings),
+                                stdout=fh, stderr=subprocess.STDOUT)
 
 
 def simulate(settings: Settings, tmp: Path, *, seed: int, contact: str, exposures: int = 20,

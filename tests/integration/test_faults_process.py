@@ -29,6 +29,17 @@ def _fast(settings):
     return settings.replace(l0_eoc_margin_seconds=0.5, idle_seconds=1.0)
 
 
+async def _wait_for_log(paths, text: str, count: int = 1, timeout: float = 60.0) -> None:
+    """Wait until ``text`` appears in ``count`` of the log files (processes report progress there)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sum(p.exists() and text in p.read_text() for p in paths)
+        if found >= count:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{text!r} not seen in {count} of {[p.name for p in paths]} within {timeout}s")
+
+
 def _kill(proc: subprocess.Popen) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
@@ -89,13 +100,16 @@ async def test_rebalance_when_an_l0_instance_dies(settings, topics, tmp_path):
     truth = simulate(settings, tmp_path, seed=22, contact="REBAL1", exposures=24)
     logs = tmp_path / "logs"
     logs.mkdir()
-    ingest = spawn(settings, "ingest", str(tmp_path / "REBAL1.bin"), "--contact", "REBAL1",
-                   "--rate", "48Mbps", log=logs / "ingest.log")
     demux = spawn(settings, "consumer", "demux", log=logs / "demux.log")
     l0a = spawn(settings, "consumer", "l0", "--instance", "a", log=logs / "l0a.log")
     l0b = spawn(settings, "consumer", "l0", "--instance", "b", log=logs / "l0b.log")
+    ingest = None
     try:
-        await asyncio.sleep(4.0)
+        # both instances hold partitions before the contact starts flowing
+        await _wait_for_log([logs / "l0a.log", logs / "l0b.log"], "l0 state loaded", count=2)
+        ingest = spawn(settings, "ingest", str(tmp_path / "REBAL1.bin"), "--contact", "REBAL1",
+                       "--rate", "6Mbps", log=logs / "ingest.log")
+        await _wait_for_log([logs / "l0b.log"], "L0 written")
         _kill(l0b)  # mid-contact: its open exposures must be taken over by instance a
         assert ingest.wait(timeout=120) == 0
         # the group notices (session timeout), instance a replays b's partitions from their
@@ -111,6 +125,9 @@ async def test_rebalance_when_an_l0_instance_dies(settings, topics, tmp_path):
         for proc in (demux, l0a):
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
+        if ingest is not None and ingest.poll() is None:
+            _kill(ingest)
     log_a = (logs / "l0a.log").read_text()
+    assert log_a.count("l0 state loaded") >= 2, "instance a was never reassigned b's partitions"
     assert "L0 written" in log_a, "instance a wrote nothing"
     await _check_outputs(settings, truth)

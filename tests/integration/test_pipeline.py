@@ -56,7 +56,7 @@ async def test_clean_contact_l0_equals_truth(settings, topics, tmp_path):
 
 async def test_faulted_contact(settings, topics, tmp_path):
     settings = _fast(settings)
-    faults = "drop=0.004,dup=0.004,reorder=5,corrupt=0.002,garbage=0.003,wrap"
+    faults = "drop=0.004,dup=0.004,reorder=5,reorder_p=0.01,corrupt=0.002,garbage=0.003,wrap"
     truth = simulate(settings, tmp_path, seed=12, contact="FAULT1", exposures=20, faults=faults)
     kinds = Counter(f["type"] for f in truth["faults"])
     for kind in ("drop", "dup", "reorder", "corrupt", "garbage", "wrap"):
