@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,13 +20,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
-
 from benchmarks.common import machine
 from consumers.runner import run_services
 from downlink.settings import Settings
 from streams.kafka import make_consumer, make_producer
-from streams.topics import create_topics, load_topics
+from streams.topics import TopicSpec, create_topics, delete_topics, load_topics
 
 DOWNLINK_RATE_MB_S = 3.5
 
@@ -42,8 +40,6 @@ async def _baseline(settings: Settings, path: Path, chunk: int) -> dict[str, flo
     topic = settings.topic("bench.baseline")
     specs = load_topics(settings.topics_file)
     raw_spec = specs["downlink.raw"]
-    from streams.topics import TopicSpec
-
     await create_topics(settings, {"bench.baseline": TopicSpec(
         "bench.baseline", raw_spec.partitions, raw_spec.retention_ms, "delete", "contact id",
         "raw-bytes", dict(raw_spec.config))})
@@ -92,6 +88,7 @@ async def _pipeline(settings: Settings) -> float:
 
 def run(size_mb: int = 2048, seed: int = 1, workdir: str | None = None) -> dict[str, Any]:
     base = Settings.from_env()
+    keep = workdir is not None
     work = Path(workdir or tempfile.mkdtemp(prefix="downlink-bench-"))
     settings = base.replace(topic_prefix=f"bench{uuid.uuid4().hex[:6]}.", data_dir=work / "data",
                             state_dir=work / "state", l0_eoc_margin_seconds=0.0, idle_seconds=1.0)
@@ -100,12 +97,20 @@ def run(size_mb: int = 2048, seed: int = 1, workdir: str | None = None) -> dict[
         _cli(settings, "simulate", "--seed", str(seed), "--size", f"{size_mb}MB",
              "--out", str(raw), "--truth", str(truth))
     asyncio.run(create_topics(settings))
-    _cli(settings, "ingest", str(raw), "--contact", "BENCH")
-    size = raw.stat().st_size
-    baseline = asyncio.run(_baseline(settings, raw, settings.chunk_bytes))
-    elapsed = asyncio.run(_pipeline(settings))
-    verify = subprocess.run([sys.executable, "-m", "downlink", "verify", "--truth", str(truth),
-                             "--data", str(settings.data_dir), "--json"], capture_output=True, text=True)
+    try:
+        _cli(settings, "ingest", str(raw), "--contact", "BENCH")
+        size = raw.stat().st_size
+        baseline = asyncio.run(_baseline(settings, raw, settings.chunk_bytes))
+        elapsed = asyncio.run(_pipeline(settings))
+        verify = subprocess.run([sys.executable, "-m", "downlink", "verify", "--truth", str(truth),
+                                 "--data", str(settings.data_dir), "--json"],
+                                capture_output=True, text=True)
+    finally:
+        names = [settings.topic(n) for n in (*load_topics(settings.topics_file), "bench.baseline")]
+        asyncio.run(delete_topics(settings, names))
+        shutil.rmtree(settings.data_dir, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
     mb_s = size / 1e6 / elapsed
     return {
         "benchmark": "pipeline", "bytes": size, "seconds": round(elapsed, 2),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -54,8 +56,14 @@ async def test_clean_contact_l0_equals_truth(settings, topics, tmp_path):
     assert report["bytes"] == truth["contacts"][0]["bytes"]
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 async def test_faulted_contact(settings, topics, tmp_path):
-    settings = _fast(settings)
+    settings = _fast(settings).replace(metrics_port=_free_port())
     faults = "drop=0.004,dup=0.004,reorder=5,reorder_p=0.01,corrupt=0.002,garbage=0.003,wrap"
     truth = simulate(settings, tmp_path, seed=12, contact="FAULT1", exposures=20, faults=faults)
     kinds = Counter(f["type"] for f in truth["faults"])
@@ -80,6 +88,10 @@ async def test_faulted_contact(settings, topics, tmp_path):
     assert total_missing > 0
     # metrics: missing packets counted (process-global registry: compare the increase)
     assert _metric_total(metrics.SEQ_MISSING) - gaps_metric_before >= total_missing
+    # the process serves them on /metrics, labelled by APID and source (never an exposure id)
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics").read().decode()
+    assert "downlink_packets_missing_total{apid=" in scraped
+    assert "downlink_l0_written_total" in scraped and "jw0" not in scraped
     # ops.alerts: one gap event per gap, naming APID and first missing count
     alerts = [m for _, m in await read_all(settings, "ops.alerts")]
     gap_alerts = {(a["apid"], a["source"], a["first_seq"], a["count"]) for a in alerts if a["type"] == "gap"}
@@ -124,3 +136,22 @@ async def test_split_exposure_gives_partial_then_complete(settings, topics, tmp_
     assert (settings.data_dir / exposure_id[:7] / f"{exposure_id}_l0.v1.dat").exists()
     announced = await _announcements(settings)
     assert announced[(exposure_id, 1)] == 1 and announced[(exposure_id, 2)] == 1
+
+
+async def test_redump_fills_dropped_packets_in_a_new_version(settings, topics, tmp_path):
+    settings = _fast(settings)
+    truth = simulate(settings, tmp_path, seed=14, contact="DUMPA", exposures=8,
+                     faults="drop=0.01,redump", next_contact="DUMPB")
+    redumped = {f["exposure_id"] for f in truth["faults"] if f["type"] == "redump" and f.get("exposure_id")}
+    assert redumped, "the simulator re-dumped no science packet"
+    ingest(settings, tmp_path / "DUMPA.bin", "DUMPA")
+    await _process(settings)
+    for exposure_id in redumped:
+        m = json.loads((settings.data_dir / exposure_id[:7] / f"{exposure_id}_l0.json").read_text())
+        assert m["version"] == 1 and not m["complete"]
+    ingest(settings, tmp_path / "DUMPB.bin", "DUMPB")
+    await _process(settings)
+    _assert_verified(truth, settings.data_dir)
+    for exposure_id in redumped:
+        m = json.loads((settings.data_dir / exposure_id[:7] / f"{exposure_id}_l0.json").read_text())
+        assert m["version"] == 2 and m["complete"] and m["contacts"] == ["DUMPA", "DUMPB"]
