@@ -127,8 +127,12 @@ class ExposureTag:
                    DETECTOR_CODES[g[7].upper()])
 
     def pack(self) -> bytes:
-        return _TAG.pack(self.program, self.observation, self.visit, self.visit_group,
-                         self.parallel_seq, self.activity, self.exposure, self.detector)
+        try:
+            return _TAG.pack(self.program, self.observation, self.visit, self.visit_group,
+                             self.parallel_seq, self.activity, self.exposure, self.detector)
+        except struct.error as exc:  # e.g. exposure > 65535: the tag field is uint16
+            raise CodecError(f"exposure tag {self} does not fit the packet tag fields "
+                             f"(DESIGN.md 'Packet format'): {exc}") from exc
 
 
 @dataclass(frozen=True)
