@@ -270,22 +270,39 @@ class ContactEmitter:
 
     # -- faulted path ---------------------------------------------------------------------
     def _faulted(self, item: Item, buf: Any, offsets: np.ndarray, f: ItemFaults) -> None:
+        """Write an item with faults: untouched runs go out as slices, faulted packets one by one."""
         view = memoryview(buf).cast("B") if not isinstance(buf, bytes) else memoryview(buf)
         apid, source, seq = self._ids(item)
-        pieces: list[bytes] = []
         pos = self.offset
-        got: list[int] = []  # packet indices received intact, in arrival order
-        delivered: set[int] = set()
-        positions: dict[int, int] = {}
+        got: list[np.ndarray] = []  # packet indices received intact, in arrival order
+        placed: dict[int, int] = {}  # stream offset of each faulted packet that arrived
+        runs: list[tuple[int, int, int]] = []  # (first, end, stream offset) of untouched runs
         last = item.n - 1
+        special = (f.drop | f.dup | set(f.corrupt) | set(f.reorder) | set(f.garbage)
+                   | ({last} if f.truncate is not None else set()))
         self._note_split(item, self.offset)
-        for j in f.output_order(item.n):
+        order = f.output_order(item.n)
+        i = 0
+        while i < len(order):
+            j = order[i]
+            if j not in special:
+                k = i
+                while k + 1 < len(order) and order[k + 1] == order[k] + 1 and order[k + 1] not in special:
+                    k += 1
+                a, b = j, order[k] + 1
+                self.sink.write(view[int(offsets[a]):int(offsets[b])])
+                runs.append((a, b, pos))
+                got.append(np.arange(a, b))
+                pos += int(offsets[b] - offsets[a])
+                i = k + 1
+                continue
+            i += 1
             pkt = view[int(offsets[j]):int(offsets[j + 1])]
             desc = item.describe(j, self.bases)
             if j in f.garbage:
                 g = f.garbage[j]
                 self.truth.fault("garbage", self.contact, pos, len(g))
-                pieces.append(g)
+                self.sink.write(g)
                 pos += len(g)
             if j in f.drop:
                 self.truth.fault("drop", self.contact, pos, len(pkt), desc)
@@ -293,38 +310,38 @@ class ContactEmitter:
                 continue
             if j in f.corrupt:
                 self.truth.fault("corrupt", self.contact, pos, len(pkt), desc)
-                pieces.append(f.corrupt[j] + bytes(pkt[len(f.corrupt[j]):]))
+                self.sink.write(f.corrupt[j] + bytes(pkt[len(f.corrupt[j]):]))
                 pos += len(pkt)
                 self._lost(pkt, desc, "corrupt")
                 continue
             if j == last and f.truncate is not None:
                 self.truth.fault("truncate", self.contact, pos, f.truncate, desc, packet_length=len(pkt))
-                pieces.append(bytes(pkt[:f.truncate]))
+                self.sink.write(pkt[:f.truncate])
                 pos += f.truncate
                 self._lost(pkt, desc, "truncate")
                 continue
             if j in f.reorder:
                 self.truth.fault("reorder", self.contact, pos, len(pkt), desc, displacement=f.reorder[j])
-            positions[j] = pos
-            pieces.append(bytes(pkt))
+            placed[j] = pos
+            self.sink.write(pkt)
             pos += len(pkt)
-            got.append(j)
-            delivered.add(j)
+            got.append(np.array([j]))
             if j in f.dup:
                 self.truth.fault("dup", self.contact, pos, len(pkt), desc, original_offset=pos - len(pkt))
-                pieces.append(bytes(pkt))
+                self.sink.write(pkt)
                 pos += len(pkt)
-                got.append(j)
-        data = b"".join(pieces)
-        self.sink.write(data)
+                got.append(np.array([j]))
         self.offset = pos
-        idx = np.array(got, dtype=np.int64)
+        idx = np.concatenate(got) if got else np.empty(0, dtype=np.int64)
         self.truth.received(self.contact, apid[idx], source[idx], seq[idx])
         local = self._wrap_local(item)
         if local is not None:
-            self._record_wrap(item, local, positions.get(local),
-                              int(offsets[local + 1] - offsets[local]))
-        if isinstance(item, SciItem) and delivered:
+            at = placed.get(local)
+            for a, b, p in runs:
+                if a <= local < b:
+                    at = p + int(offsets[local] - offsets[a])
+            self._record_wrap(item, local, at, int(offsets[local + 1] - offsets[local]))
+        if isinstance(item, SciItem) and len(idx):
             self.truth.deliver(self.contact, item.exp.exposure_id)
 
     def _lost(self, pkt: memoryview, desc: dict, origin: str) -> None:

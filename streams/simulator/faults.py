@@ -8,16 +8,18 @@ can say exactly what a receiver must see:
 * drop / dup / corrupt / reorder pick disjoint packets; each requested fault
   happens at least once, otherwise Binomial(eligible packets, P) times;
 * dup: the copy follows the original immediately;
-* reorder=N: a science data packet is sent after the next k (1..N) packets of
-  its own run (same APID), so a sequence checker sees it out of order; the
-  windows of two reorders never overlap;
+* reorder=N: a science data packet is sent right after the next k (1..N)
+  packets of its own run (same APID), so a sequence checker counts exactly one
+  out-of-order packet; a window never overlaps another, never holds a
+  dropped, corrupt or duplicated packet, a forced wrap or a truncated end;
 * corrupt: the 6-byte primary header is overwritten with random bytes whose
   version field is non-zero, so no decoder can accept it: the packet is lost
   and the decoder must resynchronise at the next packet;
 * garbage=P: 1..256 random bytes before a packet (never first, never next to a
-  corrupt header or before a truncated final packet, so each defect is its own
-  skipped byte range); garbage bytes avoid 0x08-0x0F, the values a packet
-  header's first byte can take, so a decoder never locks onto garbage;
+  corrupt header or before a truncated final packet); garbage bytes avoid
+  0x08-0x0F, the values a packet header's first byte can take, so a decoder
+  never locks onto garbage. Adjacent defects (two corrupt packets in a row, say)
+  show as one skipped byte range;
 * truncate: the contact's final packet loses its tail;
 * wrap, split, redump are planned by the contact assembly (``contact.py``,
   ``run.py``) and only recorded here.
@@ -97,20 +99,13 @@ def plan_faults(spec: FaultSpec, items: list[Item], seed: int,
         available[chosen] = False
         return chosen
 
-    for g in pick(spec.drop).tolist():
-        at(g)[0].drop.add(at(g)[2])
-    corrupted = pick(spec.corrupt)
-    for g in corrupted.tolist():
-        f, _, local = at(g)
-        f.corrupt[local] = corrupt_header(rng)
-    for g in pick(spec.dup).tolist():
-        at(g)[0].dup.add(at(g)[2])
     if spec.reorder:
         is_data = np.repeat(np.array([isinstance(it, SciItem) and it.kind == Kind.SCIENCE_DATA
                                       for it in items]), counts)
         local = np.arange(total) - np.repeat(starts[:-1], counts)
         eligible = is_data & (local <= np.repeat(counts, counts) - 2)
-        # windows never overlap, never reach a truncated final packet, never cross a forced wrap
+        # windows never overlap, never reach a truncated final packet, never cross a forced wrap,
+        # and hold no dropped, corrupt or duplicated packet (so the move is exactly as declared)
         fence = np.sort(np.concatenate((protected if protected is not None else np.empty(0, np.int64),
                                         [total - 1] if spec.truncate else [])).astype(np.int64))
         windows: list[tuple[int, int]] = []
@@ -121,22 +116,34 @@ def plan_faults(spec: FaultSpec, items: list[Item], seed: int,
             nxt = int(np.searchsorted(fence, g))
             if nxt < len(fence):
                 room = min(room, int(fence[nxt]) - 1 - g)
-            if room < 1 or any(a <= g + room and g <= b for a, b in windows[-2:]):
+            if room < 1 or not available[g]:
                 return False
             disp = min(int(rng.integers(1, spec.reorder + 1)), room)
+            if not available[g:g + disp + 1].all():
+                return False
             f, _, local = at(g)
             f.reorder[local] = disp
             windows.append((g, g + disp))
-            available[g] = False
+            available[g:g + disp + 1] = False
             return True
 
-        for g in pick(spec.reorder_p, eligible).tolist():
-            if not reorder(g):
-                available[g] = True
+        cand = np.flatnonzero(available & eligible)
+        if len(cand):
+            k = min(len(cand), max(1, int(rng.binomial(len(cand), spec.reorder_p))))
+            for g in np.sort(cand[rng.choice(len(cand), k, replace=False)]).tolist():
+                reorder(g)
         if not windows:  # at least one: try other candidates until one fits
             for g in rng.permutation(np.flatnonzero(available & eligible))[:10000].tolist():
                 if reorder(g):
                     break
+    for g in pick(spec.drop).tolist():
+        at(g)[0].drop.add(at(g)[2])
+    corrupted = pick(spec.corrupt)
+    for g in corrupted.tolist():
+        f, _, local = at(g)
+        f.corrupt[local] = corrupt_header(rng)
+    for g in pick(spec.dup).tolist():
+        at(g)[0].dup.add(at(g)[2])
     if spec.garbage:
         mask = np.ones(total, dtype=bool)
         mask[0] = False

@@ -11,8 +11,9 @@ group takes a slice of it at a random offset. Shot noise uses the normal
 approximation of the Poisson increment (sqrt(rate * TGROUP) * N(0,1)); that
 and the read noise are one multiply-add each. Everything stays float32.
 Values are floored at ``PIXEL_FLOOR`` (well below any bias level) so no
-pixel's high byte looks like the first byte of a packet header (0x08-0x0F),
-which keeps decoder resynchronisation inside pixel data unambiguous.
+pixel's high byte equals a packet header's first byte (0x08-0x0F): header-like
+patterns inside pixel data, which a resynchronising decoder must reject, stay rare.
+Per-detector patterns (bias structure, hot pixels) are made once and reused.
 """
 
 from __future__ import annotations
@@ -166,8 +167,8 @@ class RampSynth:
     def render(self, integration: int, g0: int, g1: int) -> np.ndarray:
         """Frames of groups g0..g1-1 (1-based) of an integration: (groups, npix) uint16, row-major.
 
-        Works through the frame in pixel blocks that stay in cache, so each step
-        (noise, running sum, saturation, read noise, cast) costs no memory traffic.
+        Works through the frame in pixel blocks that stay in cache, so the steps
+        (noise, running sum, saturation, read noise, cast) do not each stream the frame.
         """
         ngroups = g1 - g0
         npix = self.acc.size

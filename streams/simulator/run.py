@@ -62,6 +62,8 @@ Progress = Callable[[int, int], None]
 
 @dataclass(frozen=True)
 class ContactResult:
+    """One written contact; ``packets`` counts the packets a decoder gets (duplicates included)."""
+
     contact: str
     file: str
     bytes: int
@@ -140,7 +142,7 @@ def simulate(options: SimOptions, out: Output, truth: str | Path | None = None,
                                      wrap_start=wrap_at[3] if wrap_at else 0, progress=tick)
             _emit_all(emitter, sched1, rec_series)
             results.append(ContactResult(contact1, name, sink.bytes, sink.close(), t0,
-                                         sink.bytes / options.rate_bytes_per_s, sched1.packets))
+                                         sink.bytes / options.rate_bytes_per_s, truth_b.packets[contact1]))
         done_before[0] = results[0].bytes
         if spec.needs_next_contact:
             assert next_out is not None
@@ -162,7 +164,7 @@ def simulate(options: SimOptions, out: Output, truth: str | Path | None = None,
                                          progress=tick)
                 _emit_all(emitter, sched2, rec_series)
                 results.append(ContactResult(contact2, name, sink.bytes, sink.close(), t0b,
-                                             sink.bytes / options.rate_bytes_per_s, sched2.packets))
+                                             sink.bytes / options.rate_bytes_per_s, truth_b.packets[contact2]))
     finally:
         hasher.finish()
 
@@ -272,12 +274,19 @@ def _is_stdout(out: Output) -> bool:
 def _open(out: Output) -> Iterator[tuple[BinaryIO, str]]:
     """Binary output: a path (partial file removed on error), '-' for stdout, or an open file."""
     if _is_stdout(out):
-        yield sys.stdout.buffer, "-"
+        try:
+            yield sys.stdout.buffer, "-"
+        except BrokenPipeError:
+            # the reader went away: silence the interpreter's final flush of stdout (Python docs recipe)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SimulationError("stdout closed before the contact was complete (broken pipe)") from None
         return
     if not isinstance(out, (str, Path)):
         yield out, getattr(out, "name", "<stream>")
         return
     path = Path(out)
+    # only a regular file we create or overwrite is ever removed (never /dev/null, a FIFO...)
+    regular = not path.exists() or path.is_file()
     try:
         fh = open(path, "wb", buffering=1 << 20)
     except OSError as exc:
@@ -285,9 +294,13 @@ def _open(out: Output) -> Iterator[tuple[BinaryIO, str]]:
     try:
         with fh:
             yield fh, str(path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            path.unlink()
+    except BaseException as exc:
+        if regular:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if isinstance(exc, OSError):
+            raise SimulationError(f"cannot write {path}: {exc.strerror or exc}"
+                                  + ("; partial file removed" if regular else "")) from exc
         raise
 
 

@@ -75,6 +75,8 @@ class TruthBuilder:
     _received: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = field(
         default_factory=lambda: defaultdict(list))
     delivered: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
+    #: decodable packets per contact (duplicates included)
+    packets: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     lost: dict[str, dict[tuple[int, int, int, int], dict[str, Any]]] = field(
         default_factory=lambda: defaultdict(dict))
 
@@ -92,6 +94,7 @@ class TruthBuilder:
 
     def received(self, contact: str, apid: np.ndarray, source: np.ndarray, seq: np.ndarray) -> None:
         """Packets a decoder will deliver, in arrival order."""
+        self.packets[contact] += len(seq)
         if len(seq):
             self._received[contact].append((apid.astype(np.uint16), source.astype(np.uint8),
                                             seq.astype(np.uint16)))

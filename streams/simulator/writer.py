@@ -16,7 +16,7 @@ import queue
 import threading
 from typing import Any, BinaryIO, Callable
 
-_QUEUE_PIECES = 64
+_QUEUE_PIECES = 32
 
 
 class _Worker:

@@ -238,8 +238,8 @@ def test_reorders_arrive_after_later_packets(faulted):
         _check_packet(chunk, i, f)
         before = np.flatnonzero((p.apid == f["apid"]) & (p.source == f["source"])
                                 & (p.stream_offset < f["stream_offset"]))
-        # sent after up to `displacement` later packets of its APID (some may be lost themselves)
-        assert 1 <= (int(p.seq[before[-1]]) - f["seq"]) % SEQ_MODULO <= f["displacement"]
+        # sent right after the `displacement` later packets of its APID
+        assert (int(p.seq[before[-1]]) - f["seq"]) % SEQ_MODULO == f["displacement"]
 
 
 def _union(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -354,6 +354,8 @@ def test_accounting_matches_decoded_stream(clean, faulted):
             for k in np.unique(key).tolist():
                 want[f"{k // 2}/{k % 2}"] = sequence_accounting(p.seq[key == k])
             assert run.truth["accounting"][cid] == want
+            (contact,) = [c for c in run.truth["contacts"] if c["contact"] == cid]
+            assert contact["packets"] == len(p) and contact["bytes"] == len(run.data[cid])
     acct = faulted.truth["accounting"]["CA"]
     assert sum(len(s["gaps"]) for s in acct.values()) > 0
     assert sum(s["duplicates"] for s in acct.values()) >= len(_faults(faulted, "dup"))
