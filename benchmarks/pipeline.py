@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -78,20 +80,46 @@ async def _baseline(settings: Settings, path: Path, chunk: int) -> dict[str, flo
 
 
 async def _pipeline(settings: Settings) -> float:
+    """demux + l0 in one asyncio process (``downlink run``)."""
     t0 = time.time()
     status = await run_services(settings, ["demux", "l0"], until_idle=True)
     if status:
         raise RuntimeError("pipeline services failed")
-    mtimes = [p.stat().st_mtime for p in Path(settings.data_dir).glob("jw*/*_l0.dat")]
-    return max(mtimes) - t0
+    return _last_l0(settings) - t0
 
 
-def run(size_mb: int = 2048, seed: int = 1, workdir: str | None = None) -> dict[str, Any]:
+def _last_l0(settings: Settings) -> float:
+    return max(p.stat().st_mtime for p in Path(settings.data_dir).glob("jw*/*_l0.dat"))
+
+
+def _pipeline_processes(settings: Settings, exposures: int) -> float:
+    """demux and l0 as two processes (``downlink consumer NAME``), one core each."""
+    env = dict(os.environ, DOWNLINK_TOPIC_PREFIX=settings.topic_prefix,
+               DOWNLINK_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+               DOWNLINK_DATA_DIR=str(settings.data_dir), DOWNLINK_L0_EOC_MARGIN_SECONDS="0")
+    t0 = time.time()
+    procs = [subprocess.Popen([sys.executable, "-m", "downlink", "consumer", name], env=env,
+                              stderr=subprocess.DEVNULL) for name in ("demux", "l0")]
+    try:
+        while len(list(Path(settings.data_dir).glob("jw*/*_l0.json"))) < exposures:
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError("a pipeline process died")
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
+    return _last_l0(settings) - t0
+
+
+def run(size_mb: int = 2048, seed: int = 1, workdir: str | None = None,
+        processes: bool = False) -> dict[str, Any]:
     base = Settings.from_env()
     keep = workdir is not None
     work = Path(workdir or tempfile.mkdtemp(prefix="downlink-bench-"))
     settings = base.replace(topic_prefix=f"bench{uuid.uuid4().hex[:6]}.", data_dir=work / "data",
                             state_dir=work / "state", l0_eoc_margin_seconds=0.0, idle_seconds=1.0)
+    shutil.rmtree(settings.data_dir, ignore_errors=True)
     raw, truth = work / "contact.bin", work / "truth.json"
     if not raw.exists():
         _cli(settings, "simulate", "--seed", str(seed), "--size", f"{size_mb}MB",
@@ -101,7 +129,10 @@ def run(size_mb: int = 2048, seed: int = 1, workdir: str | None = None) -> dict[
         _cli(settings, "ingest", str(raw), "--contact", "BENCH")
         size = raw.stat().st_size
         baseline = asyncio.run(_baseline(settings, raw, settings.chunk_bytes))
-        elapsed = asyncio.run(_pipeline(settings))
+        if processes:
+            elapsed = _pipeline_processes(settings, len(json.loads(truth.read_text())["exposures"]))
+        else:
+            elapsed = asyncio.run(_pipeline(settings))
         verify = subprocess.run([sys.executable, "-m", "downlink", "verify", "--truth", str(truth),
                                  "--data", str(settings.data_dir), "--json"],
                                 capture_output=True, text=True)
@@ -113,7 +144,8 @@ def run(size_mb: int = 2048, seed: int = 1, workdir: str | None = None) -> dict[
             shutil.rmtree(work, ignore_errors=True)
     mb_s = size / 1e6 / elapsed
     return {
-        "benchmark": "pipeline", "bytes": size, "seconds": round(elapsed, 2),
+        "benchmark": "pipeline", "bytes": size,
+        "layout": "demux and l0 as two processes" if processes else "demux + l0 in one process", "seconds": round(elapsed, 2),
         "pipeline_mb_per_s": round(mb_s, 1),
         "baseline_mb_per_s": round(baseline["baseline_mb_per_s"], 1),
         "baseline_produce_mb_per_s": round(baseline["baseline_produce_mb_per_s"], 1),
@@ -130,9 +162,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mb", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", help="reuse a simulated contact here")
+    parser.add_argument("--processes", action="store_true",
+                        help="run demux and l0 as two processes instead of one")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    result = run(args.size_mb, args.seed, args.workdir)
+    result = run(args.size_mb, args.seed, args.workdir, args.processes)
     if not args.json:
         for key in ("pipeline_mb_per_s", "baseline_mb_per_s", "ratio_to_kafka_baseline", "x_realtime"):
             print(f"{key:28s} {result[key]}")

@@ -56,7 +56,9 @@ class Assembly:
     _buffers: list[bytes] = field(default_factory=list)
     _parts: list[PacketIndex] = field(default_factory=list)
     _part_buffer: list[np.ndarray] = field(default_factory=list)
+    #: sorted identities of the packets kept so far
     _keys: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    _max_key: int = -1
     start: ExposureStart | None = None
     end: ExposureEnd | None = None
     n_data: int = 0
@@ -71,17 +73,23 @@ class Assembly:
             self.contacts.add(contact)
         self.raw_ts = max(self.raw_ts, raw_ts)
         keys = identity(index)
-        _, first = np.unique(keys, return_index=True)
-        first.sort()
-        fresh = first[~np.isin(keys[first], self._keys)]
+        if len(keys) and keys[0] > self._max_key and bool(np.all(keys[1:] > keys[:-1])):
+            # fast path, the usual one: a run in canonical order after everything so far
+            fresh = np.arange(len(keys))
+            self._keys = np.concatenate((self._keys, keys))
+        else:
+            _, first = np.unique(keys, return_index=True)
+            first.sort()
+            fresh = first[~np.isin(keys[first], self._keys)]
+            self._keys = np.union1d(self._keys, keys[fresh])
         self.duplicates += len(keys) - len(fresh)
         if len(fresh) == 0:
             return 0
+        self._max_key = int(self._keys[-1])
         part = index.take(fresh)
         self._buffers.append(packets)
         self._parts.append(part)
         self._part_buffer.append(np.full(len(fresh), len(self._buffers) - 1, np.int64))
-        self._keys = np.union1d(self._keys, keys[fresh])
         kinds = part.kind
         self.n_data += int(np.count_nonzero(kinds == Kind.SCIENCE_DATA))
         for i in np.flatnonzero(kinds != Kind.SCIENCE_DATA).tolist():

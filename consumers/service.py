@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -220,11 +220,10 @@ class Service(abc.ABC):
         return True
 
 
-async def read_table(settings: Settings, topic: str) -> dict[str, dict[str, Any]]:
-    """Latest envelope per key of a compacted state topic (read to its end)."""
+async def read_to_end(settings: Settings, topic: str) -> AsyncIterator[ConsumerRecord]:
+    """Every committed record of a logical topic, from the beginning to its current end."""
     consumer = make_consumer(settings, group=None)
     await consumer.start()
-    table: dict[str, dict[str, Any]] = {}
     try:
         physical = settings.topic(topic)
         partitions = [TopicPartition(physical, p) for p in await topic_partitions(settings, physical)]
@@ -234,16 +233,20 @@ async def read_table(settings: Settings, topic: str) -> dict[str, dict[str, Any]
         remaining = {tp for tp in partitions if ends[tp] > 0}
         while remaining:
             batch = await consumer.getmany(timeout_ms=500)
-            for tp, recs in batch.items():
+            for recs in batch.values():
                 for rec in recs:
-                    if rec.key is not None:
-                        table[rec.key.decode()] = envelope.decode(rec.value)
+                    yield rec
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
     finally:
         await consumer.stop()
-    return table
+
+
+async def read_table(settings: Settings, topic: str) -> dict[str, dict[str, Any]]:
+    """Latest envelope per key of a compacted state topic (read to its end)."""
+    return {rec.key.decode(): envelope.decode(rec.value)
+            async for rec in read_to_end(settings, topic) if rec.key is not None}
 
 
 async def topic_partitions(settings: Settings, topic: str, wait: float = 10.0) -> list[int]:

@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from aiokafka import TopicPartition
 
 from downlink.settings import Settings
-from consumers.service import topic_partitions
+from consumers.service import read_to_end
+from downlink.errors import EnvelopeError
 from streams import envelope
-from streams.kafka import make_consumer
 
 
 def env_for(settings: Settings) -> dict[str, str]:
@@ -58,25 +57,12 @@ def ingest(settings: Settings, path: Path, contact: str) -> None:
     cli(settings, "ingest", str(path), "--contact", contact)
 
 
-async def read_all(settings: Settings, topic: str) -> list[tuple[bytes | None, dict[str, Any] | bytes]]:
-    """Every committed message of a topic (key, decoded envelope or raw value), partition order."""
-    consumer = make_consumer(settings, group=None)
-    await consumer.start()
+async def read_all(settings: Settings, topic: str) -> list[tuple[bytes | None, Any]]:
+    """Every committed message of a topic as (key, decoded envelope or raw value)."""
     out: list[tuple[bytes | None, Any]] = []
-    try:
-        physical = settings.topic(topic)
-        tps = [TopicPartition(physical, p) for p in await topic_partitions(settings, physical)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
-            batch = await consumer.getmany(timeout_ms=500)
-            for recs in batch.values():
-                for r in recs:
-                    try:
-                        out.append((r.key, envelope.decode(r.value)))
-                    except Exception:
-                        out.append((r.key, r.value))
-    finally:
-        await consumer.stop()
+    async for rec in read_to_end(settings, topic):
+        try:
+            out.append((rec.key, envelope.decode(rec.value)))
+        except EnvelopeError:
+            out.append((rec.key, rec.value))
     return out
