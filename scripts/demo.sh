@@ -49,6 +49,6 @@ for p in sorted(Path(sys.argv[1]).glob("jw*/*_l0.json")):
     m = json.loads(p.read_text())
     t.add_row(m["exposure_id"], str(m["version"]), "complete" if m["complete"] else "[yellow]partial[/]",
               str(m["packets"]), f"{m['bytes']/1e6:.1f}", str(len(m["missing_packets"])), ",".join(m["contacts"]))
-Console().print(t)
+Console(width=max(Console().width, 140)).print(t)
 PY
 exit $status

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
             for r in result.rows:
                 table.add_row(r.exposure_id, r.expected, r.found, str(r.version or "-"),
                               "[green]yes[/]" if r.ok else "[red]NO[/]", r.detail)
-            console = Console()
+            console = Console(width=max(Console().width, 140))
             console.print(table)
             console.print(f"{len(result.rows) - len(result.mismatches)}/{len(result.rows)} match"
                           + ("" if result.ok else f", [red]{len(result.mismatches)} mismatch(es)[/]"))
