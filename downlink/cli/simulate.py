@@ -15,6 +15,16 @@ from downlink.cli import settings_of
 from downlink.errors import SimulationError
 
 
+def _parsed(parse, value, hint: str):
+    """Parse an option value, turning a SimulationError into a usage error naming the option."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except SimulationError as exc:
+        raise typer.BadParameter(str(exc), param_hint=hint) from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command("simulate")
     def simulate_cmd(
@@ -48,22 +58,10 @@ def register(app: typer.Typer) -> None:
         from streams.simulator.run import check_outputs
 
         settings = settings_of(ctx)
-        try:
-            size_bytes = parse_size(size) if size is not None else None
-        except SimulationError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--size") from None
-        try:
-            duration_s = parse_duration(duration) if duration is not None else None
-        except SimulationError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--duration") from None
-        try:
-            spec = FaultSpec.parse(faults)
-        except SimulationError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--faults") from None
-        try:
-            start_tai = tai_from_iso(start) if start is not None else None
-        except SimulationError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--start") from None
+        size_bytes = _parsed(parse_size, size, "--size")
+        duration_s = _parsed(parse_duration, duration, "--duration")
+        spec = _parsed(FaultSpec.parse, faults, "--faults") or FaultSpec()
+        start_tai = _parsed(tai_from_iso, start, "--start")
         if size_bytes is None and duration_s is None and exposures is None:
             raise typer.BadParameter("give one of --size, --duration or --exposures", param_hint="--size")
         options = SimOptions(
