@@ -15,6 +15,9 @@ packets of a few fixed lengths, as a contact delivers them.
   a prefix and scaled, ``ccsdspy_packets_timed``), and, for reference,
   ``ccsdspy.utils.split_packet_bytes`` (packet split only) on the same prefix.
 
+A second, engineering-only stream (34..512-byte packets, ``small_*`` keys)
+shows the small-packet case, where per-packet Python costs the most.
+
 Every decoder must find the same number of packets on the bytes it was given,
 else the run fails. The last line printed by ``main`` is one JSON object.
 """
@@ -50,8 +53,10 @@ PIXELS = 4000
 ENG_LENGTHS = {0x101: 64, 0x102: 120, 0x110: 256, 0x120: 34, 0x1A0: 512}
 #: science packets between two engineering bursts
 SCI_RUN = 48
-#: timing prefix for the pure-Python libraries
-REFERENCE_BYTES = 24 << 20
+#: timing prefix for the pure-Python libraries (ccsdspy's header reader is slow)
+REFERENCE_BYTES = 64 << 20
+#: size of the engineering-only (small packet) stream
+SMALL_BYTES = 8 << 20
 
 
 def build_stream(size_bytes: int, seed: int = 0) -> tuple[bytes, int]:
@@ -102,6 +107,20 @@ def build_stream(size_bytes: int, seed: int = 0) -> tuple[bytes, int]:
         packets += 1
         total = sum(map(len, blocks))
     return b"".join(blocks), packets
+
+
+def build_eng_stream(size_bytes: int, seed: int = 0) -> tuple[bytes, int]:
+    """Engineering packets only (34..512 bytes): the small-packet case, where a
+    per-packet Python loop costs the most."""
+    rng = np.random.default_rng(seed)
+    apids = np.array(list(ENG_LENGTHS))
+    lengths = np.array([ENG_LENGTHS[a] for a in apids])
+    count = int(size_bytes // lengths.mean()) + 1
+    pick = rng.integers(0, len(apids), count)
+    payload = rng.integers(0, 256, int(lengths.max()), dtype=np.uint8).tobytes()
+    packets = [encode_eng(int(apids[k]), i % 16384, i & 1, 2_000_000_000 + i // 100, 0,
+                          payload[: int(lengths[k]) - 14]) for i, k in enumerate(pick.tolist())]
+    return b"".join(packets), len(packets)
 
 
 def _timed(fn: Callable[[], int], repeats: int) -> tuple[float, int]:
@@ -158,7 +177,7 @@ def _prefix(stream: bytes, size: int) -> bytes:
 
 def run(size_mb: int = 256, seed: int = 0, repeats: int = 3) -> dict[str, Any]:
     """Build ``size_mb`` MB of stream and time all three decoders on it."""
-    logging.getLogger("ccsdspy").setLevel(logging.WARNING)
+    logging.getLogger("ccsdspy").setLevel(logging.ERROR)
     t0 = time.perf_counter()
     stream, packets = build_stream(size_mb * 10**6, seed)
     build_s = time.perf_counter() - t0
@@ -177,6 +196,15 @@ def run(size_mb: int = 256, seed: int = 0, repeats: int = 3) -> dict[str, Any]:
         if n != ref_packets:
             raise RuntimeError(f"{name} found {n} packets in the prefix, ours {ref_packets}")
 
+    # small packets: engineering only, whole stream for every decoder
+    small, small_packets = build_eng_stream(min(SMALL_BYTES, nbytes), seed)
+    sm_ours_s, n1 = _timed(lambda: _ours(small), repeats)
+    sm_sp_s, n2 = _timed(lambda: _spacepackets(small), 1)
+    sm_cc_s, n3 = _timed(lambda: _ccsdspy_headers(small), 1)
+    if not n1 == n2 == n3 == small_packets:
+        raise RuntimeError(f"small-packet counts differ: ours {n1}, spacepackets {n2}, "
+                           f"ccsdspy {n3}, stream {small_packets}")
+
     mb = 1e6
     out: dict[str, Any] = {
         "benchmark": "decoder",
@@ -190,6 +218,12 @@ def run(size_mb: int = 256, seed: int = 0, repeats: int = 3) -> dict[str, Any]:
         "ccsdspy_split_mb_per_s": round(len(ref) / cs_s / mb, 2),
         "ratio_to_spacepackets": round(sp_s / len(ref) * nbytes / ours_s, 1),
         "ratio_to_ccsdspy": round(cc_s / len(ref) * nbytes / ours_s, 1),
+        "small_packets": small_packets,
+        "small_bytes": len(small),
+        "small_ours_mpkt_per_s": round(small_packets / sm_ours_s / 1e6, 4),
+        "small_ours_mb_per_s": round(len(small) / sm_ours_s / mb, 1),
+        "small_spacepackets_mpkt_per_s": round(small_packets / sm_sp_s / 1e6, 4),
+        "small_ccsdspy_mpkt_per_s": round(small_packets / sm_cc_s / 1e6, 4),
         "packets": packets,
         "bytes": nbytes,
         "chunk_bytes": CHUNK,
@@ -226,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ccsdspy       {result['ccsdspy_mb_per_s']:>10.2f} MB/s "
               f"{result['ccsdspy_mpkt_per_s']:>8.4f} Mpkt/s  "
               f"(split only: {result['ccsdspy_split_mb_per_s']:.2f} MB/s)")
+        print(f"small packets ({result['small_packets']}): ours "
+              f"{result['small_ours_mpkt_per_s']:.3f}, spacepackets "
+              f"{result['small_spacepackets_mpkt_per_s']:.3f}, ccsdspy "
+              f"{result['small_ccsdspy_mpkt_per_s']:.3f} Mpkt/s")
     print(json.dumps(result, sort_keys=True))
     return 0
 

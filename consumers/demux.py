@@ -55,13 +55,14 @@ class ContactState:
 
     def snapshot(self) -> dict[str, Any]:
         return {"contact": self.contact, "next_offset": self.decoder.next_offset,
-                "carry": self.decoder.carry, "account": self.account.to_dict()}
+                "carry": self.decoder.carry, "open_skip": self.decoder.open_skip,
+                "account": self.account.to_dict()}
 
     @classmethod
     def restore(cls, snap: dict[str, Any], eng_lengths: dict[int, int]) -> "ContactState":
         carry = snap["carry"]
         decoder = StreamDecoder(eng_lengths, stream_offset=snap["next_offset"] - len(carry),
-                                carry=carry)
+                                carry=carry, open_skip=snap.get("open_skip"))
         return cls(snap["contact"], decoder, ContactAccount.from_dict(snap["account"]))
 
 

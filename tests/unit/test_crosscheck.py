@@ -41,7 +41,7 @@ from streams.packets import (
 ENG = {0x101: 40, 0x10A: 72, 0x150: 128, 0x1C0: 22}
 DETECTORS_USED = (1, 6, 11, 15, 17)
 
-logging.getLogger("ccsdspy").setLevel(logging.WARNING)
+logging.getLogger("ccsdspy").setLevel(logging.ERROR)
 
 
 def realistic_stream(seed: int) -> bytes:

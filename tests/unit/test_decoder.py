@@ -181,6 +181,8 @@ def check_accounting(data: bytes, outs: list[DecodedChunk]) -> None:
         for s in o.skipped:
             assert s.data == data[s.stream_offset:s.end] and s.data
             spans.append((s.stream_offset, len(s.data)))
+    for a, b in zip(outs, outs[1:]):
+        assert a.stream_offset + a.consumed == b.stream_offset, "results must tile the stream"
     spans.sort()
     pos = 0
     for so, ln in spans:
@@ -208,11 +210,12 @@ def test_any_split_gives_the_same_packets(data: st.DataObject, packets: list[byt
 
 
 @FAST
-@given(data=st.data(), damaged=damaged_streams())
+@given(data=st.data(), damaged=damaged_streams(), eng=st.sampled_from((ENG, None)))
 def test_any_split_of_a_damaged_stream_gives_the_same_result(data: st.DataObject,
-                                                             damaged: Damaged) -> None:
-    whole = decode_all(damaged.data, ENG)
-    outs, _ = feed_split(damaged.data, _cuts(data.draw, len(damaged.data)))
+                                                             damaged: Damaged,
+                                                             eng: dict | None) -> None:
+    whole = decode_all(damaged.data, eng)
+    outs, _ = feed_split(damaged.data, _cuts(data.draw, len(damaged.data)), eng)
     got, skipped = collect(outs)
     assert without_offset(got) == without_offset(whole.packets)
     assert merge_skipped(skipped) == merge_skipped(whole.skipped)
@@ -221,13 +224,22 @@ def test_any_split_of_a_damaged_stream_gives_the_same_result(data: st.DataObject
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(damaged=damaged_streams(), eng=st.sampled_from((ENG, None)))
-def test_corruption_never_loses_an_intact_packet(damaged: Damaged, eng: dict | None) -> None:
-    out = decode_all(damaged.data, eng)
+@given(damaged=damaged_streams())
+def test_corruption_never_loses_an_intact_packet(damaged: Damaged) -> None:
+    """With the dictionary's lengths (as demux decodes), every untouched packet is found.
+
+    Without them any engineering length is plausible, so a header-like pattern
+    inside a packet that is followed by damage can, very rarely (~1e-8 per
+    byte), tie with it; that mode is checked for accounting only.
+    """
+    out = decode_all(damaged.data, ENG)
     found = set(zip(out.packets.stream_offset.tolist(), out.packets.length.tolist()))
     for offset, length in damaged.intact:
         assert (offset, length) in found, f"intact packet at {offset} ({length} B) lost"
     check_accounting(damaged.data, [out])
+    loose = decode_all(damaged.data, None)
+    check_accounting(damaged.data, [loose])
+    assert len(loose.packets) >= len(damaged.intact) - 1
 
 
 @FAST
