@@ -26,10 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine
+from benchmarks.common import machine, send_file
 from downlink.settings import Settings
 from streams.ingest import RAW_TOPIC, ingest_file, partition_for
-from streams.kafka import make_producer
 from streams.topics import create_topics, delete_topics, load_topics
 
 BLOCK = 16 << 20
@@ -46,25 +45,10 @@ def _write_random(path: Path, size: int) -> None:
 
 
 async def _baseline(settings: Settings, path: Path, partitions: int) -> float:
-    """MB/s of a bare send loop: same chunks, producer settings and 64-send window as ingest."""
-    topic = settings.topic(RAW_TOPIC)
-    key = b"baseline"
+    """MB/s of a bare send loop: same chunks, producer settings and send window as ingest."""
     partition = partition_for("baseline", range(partitions))
-    producer = make_producer(settings, compression_type=None)
-    await producer.start()
-    try:
-        started = time.perf_counter()
-        pending: list[asyncio.Future] = []
-        with open(path, "rb") as fh:
-            while block := await asyncio.to_thread(fh.read, settings.chunk_bytes):
-                pending.append(await producer.send(topic, block, key=key, partition=partition))
-                if len(pending) >= 64:
-                    await asyncio.gather(*pending)
-                    pending.clear()
-        await asyncio.gather(*pending)
-        return path.stat().st_size / 1e6 / (time.perf_counter() - started)
-    finally:
-        await producer.stop()
+    seconds = await send_file(settings, path, settings.topic(RAW_TOPIC), b"baseline", partition)
+    return path.stat().st_size / 1e6 / seconds
 
 
 async def arun(settings: Settings, size_mb: int = 512) -> dict[str, Any]:

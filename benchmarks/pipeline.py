@@ -22,10 +22,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import machine
+from benchmarks.common import machine, send_file
 from consumers.runner import run_services
 from downlink.settings import Settings
-from streams.kafka import make_consumer, make_producer
+from streams.kafka import make_consumer
 from streams.topics import TopicSpec, create_topics, delete_topics, load_topics
 
 DOWNLINK_RATE_MB_S = 3.5
@@ -45,24 +45,8 @@ async def _baseline(settings: Settings, path: Path, chunk: int) -> dict[str, flo
     await create_topics(settings, {"bench.baseline": TopicSpec(
         "bench.baseline", raw_spec.partitions, raw_spec.retention_ms, "delete", "contact id",
         "raw-bytes", dict(raw_spec.config))})
-    # the same producer configuration as the bulk path (ingest, demux)
-    producer = make_producer(settings, compression_type=None if settings.bulk_compression == "none"
-                             else settings.bulk_compression)
-    await producer.start()
     size = path.stat().st_size
-    t0 = time.perf_counter()
-    try:
-        with open(path, "rb") as fh:
-            pending = []
-            while block := fh.read(chunk):
-                pending.append(await producer.send(topic, block, key=b"baseline"))
-                if len(pending) >= 64:
-                    await asyncio.gather(*pending)
-                    pending.clear()
-            await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    t_produce = time.perf_counter() - t0
+    t_produce = await send_file(settings, path, topic, b"baseline")
     consumer = make_consumer(settings, topic, group=f"{settings.topic_prefix}bench.baseline")
     await consumer.start()
     got = 0

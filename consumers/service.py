@@ -21,7 +21,6 @@ import abc
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -80,7 +79,7 @@ class Service(abc.ABC):
 
     def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
         self.settings = settings
-        self.instance = instance or os.environ.get("DOWNLINK_INSTANCE", "0")
+        self.instance = instance or settings.instance
         self.consumer: AIOKafkaConsumer | None = None
         self.producer = None
         self._batch_lock = asyncio.Lock()
@@ -95,7 +94,7 @@ class Service(abc.ABC):
         self.producer = make_producer(
             self.settings, transactional_id=f"downlink.{self.name}.{self.instance}",
             transaction_timeout_ms=30_000,
-            compression_type=None if self.settings.bulk_compression == "none" else self.settings.bulk_compression)
+            compression_type=self.settings.compression_type(bulk=True))
         await self.producer.start()
         self.consumer = make_consumer(self.settings, group=self.settings.group(self.name),
                                       max_poll_interval_ms=600_000, session_timeout_ms=15_000,

@@ -54,6 +54,9 @@ class Settings:
     #: flight (JWST.md) and aiokafka's lz4 runs at level 9 (~30 MB/s a core here), zstd-3 at
     #: ~120 MB/s: on loopback or a LAN the CPU costs more than the bytes saved, so default none
     bulk_compression: str = "none"
+    #: instance id of a consumer process; its transactional id is downlink.<service>.<instance>,
+    #: so a restarted instance fences its dead predecessor (give each replica its own)
+    instance: str = "0"
     #: largest Kafka message a producer may send (broker is configured to match)
     max_message_bytes: int = 16 << 20
     #: an open exposure with no new packet for this long is written as partial L0
@@ -100,6 +103,11 @@ class Settings:
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+    def compression_type(self, bulk: bool = False) -> str | None:
+        """aiokafka ``compression_type`` for control topics, or for the bulk path."""
+        name = self.bulk_compression if bulk else self.kafka_compression
+        return None if name == "none" else name
 
     def topic(self, name: str) -> str:
         """Physical topic name for a logical one from topics.yaml."""

@@ -573,8 +573,7 @@ async def locate(settings: Settings, contact: str) -> tuple[TopicPartition, Resu
 async def _started_producer(settings: Settings) -> AIOKafkaProducer:
     """The shared producer, bulk-path compression (none by default): raw telemetry
     compresses ~1.1:1 (JWST.md), so lz4/zstd would only burn event-loop CPU on every chunk."""
-    producer = make_producer(settings, compression_type=None if settings.bulk_compression == "none"
-                             else settings.bulk_compression)
+    producer = make_producer(settings, compression_type=settings.compression_type(bulk=True))
     await _start(settings, producer)
     return producer
 

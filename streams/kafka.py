@@ -33,10 +33,6 @@ def kafka_log_file(settings: Settings) -> str:
     return str(settings.state_dir.resolve() / "logs" / "kafka.log")
 
 
-def _compression(name: str) -> str | None:
-    return None if name in ("", "none") else name
-
-
 def make_producer(
     settings: Settings, *, transactional_id: str | None = None, **overrides: Any
 ) -> AIOKafkaProducer:
@@ -50,7 +46,7 @@ def make_producer(
         "bootstrap_servers": settings.kafka_bootstrap,
         "acks": "all",
         "enable_idempotence": True,
-        "compression_type": _compression(settings.kafka_compression),
+        "compression_type": settings.compression_type(),
         "linger_ms": 20,
         "max_batch_size": 4 << 20,  # several 1 MiB chunks per request: +30% produce MB/s measured
         # a message whose value is max_message_bytes must still fit with its batch overhead
