@@ -94,7 +94,8 @@ def _groups(keys: np.ndarray) -> list[np.ndarray]:
 class Demux(Service):
     name = "demux"
     inputs = ("downlink.raw",)
-    max_records = 32
+    max_records = 64
+    partition_fetch_bytes = 64 << 20  # a contact lives in one partition: fetch deep into it
 
     def __init__(self, settings, **kw) -> None:
         super().__init__(settings, **kw)

@@ -10,7 +10,9 @@ exposure therefore change nothing.
 
 Commit order for a finished exposure (STYLE.md):
 1. write ``<id>_l0.dat`` and ``<id>_l0.json`` (temp file, fsync, atomic rename,
-   directory fsync); a superseded version is kept as ``<id>_l0.v<N>.*``;
+   directory fsync) in a worker thread; the batch's transaction starts only
+   once every write of the batch is durable; a superseded version is kept as
+   ``<id>_l0.v<N>.*``;
 2. produce ``l0.ready`` and the ``l0.state`` record;
 3. add the pinned offsets to the transaction;
 4. commit.
@@ -181,8 +183,15 @@ class L0Assembler(Service):
         content = await asyncio.to_thread(entry.assembly.build, version)
         if prev is not None and prev["sha256"] == content.sha256:
             return []  # replay of something already written and announced
-        await asyncio.to_thread(self._write, exposure_id, content, prev)
         m = content.manifest
+        write = asyncio.ensure_future(asyncio.to_thread(self._write, exposure_id, content, prev))
+        if m["complete"]:
+            # written and fsynced while the next batch is read; the batch's transaction
+            # (l0.ready, l0.state, offsets) waits for it (commit order, step 1). A complete
+            # exposure is never reopened, so nothing reads the file before then.
+            self.defer_durable(write)
+        else:
+            await write  # a partial version may be reopened (seeded from disk) by the next batch
         status = "complete" if m["complete"] else "partial"
         metrics.L0_WRITTEN.labels(status).inc()
         metrics.L0_BYTES.inc(m["bytes"])

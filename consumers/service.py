@@ -76,6 +76,8 @@ class Service(abc.ABC):
     #: batch limits for getmany
     max_records: int = 64
     fetch_timeout_ms: int = 200
+    #: bytes fetched per partition and request (None: one largest message, the factory default)
+    partition_fetch_bytes: int | None = None
 
     def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
         self.settings = settings
@@ -86,6 +88,8 @@ class Service(abc.ABC):
         self._stopping = asyncio.Event()
         self._fatal: BaseException | None = None
         self._pending: asyncio.Task | None = None
+        #: file writes of the current batch; its transaction waits for them (``defer_durable``)
+        self._durable: list[asyncio.Future] = []
         self.assigned: set[TopicPartition] = set()
         self.last_activity = time.monotonic()
 
@@ -96,9 +100,12 @@ class Service(abc.ABC):
             transaction_timeout_ms=30_000,
             compression_type=self.settings.compression_type(bulk=True))
         await self.producer.start()
+        fetch = ({"max_partition_fetch_bytes": self.partition_fetch_bytes,
+                  "fetch_max_bytes": 2 * self.partition_fetch_bytes}
+                 if self.partition_fetch_bytes else {})
         self.consumer = make_consumer(self.settings, group=self.settings.group(self.name),
                                       max_poll_interval_ms=600_000, session_timeout_ms=15_000,
-                                      heartbeat_interval_ms=2_000)
+                                      heartbeat_interval_ms=2_000, **fetch)
         await self.consumer.start()
         self.consumer.subscribe([self.settings.topic(t) for t in self.inputs],
                                 listener=_Rebalance(self))
@@ -149,12 +156,18 @@ class Service(abc.ABC):
                         self.last_activity = time.monotonic()
                         offsets = self.commit_offsets(
                             {tp: recs[-1].offset + 1 for tp, recs in records})
-                        self._pending = asyncio.create_task(self._commit(outputs, offsets))
+                        durable, self._durable = self._durable, []
+                        self._pending = asyncio.create_task(
+                            self._commit(outputs, offsets, durable))
         finally:
             # a graceful stop lets the transaction in flight finish (a kill aborts it)
             if self._pending is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.shield(self._pending)
+
+    def defer_durable(self, work: asyncio.Future) -> None:
+        """Let the batch's transaction wait for ``work`` (a file write) instead of the batch loop."""
+        self._durable.append(work)
 
     async def drain(self) -> None:
         """Wait for the transaction in flight (re-raising its failure)."""
@@ -162,7 +175,10 @@ class Service(abc.ABC):
             task, self._pending = self._pending, None
             await task
 
-    async def _commit(self, outputs: list[Output], offsets: dict[TopicPartition, int]) -> None:
+    async def _commit(self, outputs: list[Output], offsets: dict[TopicPartition, int],
+                      durable: list[asyncio.Future] | None = None) -> None:
+        if durable:
+            await asyncio.gather(*durable)  # step 1: file effects durable before anything is announced
         assert self.producer is not None
         async with self.producer.transaction():
             futures = []
