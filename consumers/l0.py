@@ -56,12 +56,12 @@ def l0_paths(data_dir: Path, exposure_id: str, version: int | None = None) -> tu
     return folder / f"{stem}.dat", folder / f"{stem}.json"
 
 
-def durable_write(path: Path, data: bytes) -> None:
+def durable_write(path: Path, data: bytes | list[memoryview]) -> None:
     """Temp file, fsync, atomic rename, directory fsync: the file is whole or absent."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
-        fh.write(data)
+        fh.writelines([data] if isinstance(data, bytes) else data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -219,5 +219,5 @@ class L0Assembler(Service):
                 shutil.copyfile(data_path, old_data)
                 if manifest_path.exists():
                     shutil.copyfile(manifest_path, old_manifest)
-        durable_write(data_path, content.data)
+        durable_write(data_path, content.chunks)
         durable_write(manifest_path, json.dumps(content.manifest, indent=1, sort_keys=True).encode())

@@ -39,9 +39,15 @@ def tai_to_iso(seconds: float) -> str:
 
 @dataclass
 class L0Content:
-    data: bytes
+    """The L0 bytes as a few slices of the received messages (no joined copy), hashed."""
+
+    chunks: list[memoryview]
     sha256: str
     manifest: dict[str, Any]
+
+    @property
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 @dataclass
@@ -116,22 +122,26 @@ class Assembly:
         buf_of = np.concatenate(self._part_buffer) if self._part_buffer else np.empty(0, np.int64)
         order = np.argsort(identity(index), kind="stable")
         index, buf_of = index.take(order), buf_of[order]
-        data = self._join(index, buf_of)
-        sha = hashlib.sha256(data).hexdigest()
-        return L0Content(data, sha, self._manifest(index, len(data), sha, version))
+        chunks = self._runs(index, buf_of)
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+        sha = digest.hexdigest()
+        nbytes = sum(len(c) for c in chunks)
+        return L0Content(chunks, sha, self._manifest(index, nbytes, sha, version))
 
-    def _join(self, index: PacketIndex, buf_of: np.ndarray) -> bytes:
-        """Concatenate packets, copying contiguous runs of one buffer as one slice."""
+    def _runs(self, index: PacketIndex, buf_of: np.ndarray) -> list[memoryview]:
+        """The packets in order as slices, one per contiguous run of one received buffer."""
         if len(index) == 0:
-            return b""
+            return []
         starts = index.offset.astype(np.int64)
         ends = starts + index.length
         breaks = np.flatnonzero((buf_of[1:] != buf_of[:-1]) | (starts[1:] != ends[:-1])) + 1
         first = np.concatenate(([0], breaks))
         last = np.concatenate((breaks, [len(index)])) - 1
         views = [memoryview(b) for b in self._buffers]
-        return b"".join(views[b][s:e] for b, s, e in zip(
-            buf_of[first].tolist(), starts[first].tolist(), ends[last].tolist()))
+        return [views[b][s:e] for b, s, e in zip(
+            buf_of[first].tolist(), starts[first].tolist(), ends[last].tolist())]
 
     def _manifest(self, index: PacketIndex, nbytes: int, sha: str, version: int) -> dict[str, Any]:
         t = self.tag
