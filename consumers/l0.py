@@ -30,7 +30,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,9 +214,9 @@ class L0Assembler(Service):
         data_path, manifest_path = l0_paths(self.settings.data_dir, exposure_id)
         if prev is not None and data_path.exists():
             old_data, old_manifest = l0_paths(self.settings.data_dir, exposure_id, prev["version"])
-            if not old_data.exists():
-                shutil.copyfile(data_path, old_data)
+            if not old_data.exists():  # keep the superseded version, durably, before replacing it
+                durable_write(old_data, data_path.read_bytes())
                 if manifest_path.exists():
-                    shutil.copyfile(manifest_path, old_manifest)
+                    durable_write(old_manifest, manifest_path.read_bytes())
         durable_write(data_path, content.chunks)
         durable_write(manifest_path, json.dumps(content.manifest, indent=1, sort_keys=True).encode())
