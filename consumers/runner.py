@@ -58,7 +58,7 @@ async def run_services(settings: Settings, names: list[str], *, until_idle: bool
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(ValueError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     started: list[Service] = []
     status = 0
@@ -83,6 +83,6 @@ async def run_services(settings: Settings, names: list[str], *, until_idle: bool
         for s in reversed(started):
             await s.stop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)
     return status
