@@ -103,7 +103,10 @@ class Service(abc.ABC):
         fetch = ({"max_partition_fetch_bytes": self.partition_fetch_bytes,
                   "fetch_max_bytes": 2 * self.partition_fetch_bytes}
                  if self.partition_fetch_bytes else {})
+        # static membership: a restarted instance (same --instance) takes its partitions back
+        # at once instead of waiting for its dead predecessor's session to expire
         self.consumer = make_consumer(self.settings, group=self.settings.group(self.name),
+                                      group_instance_id=f"{self.settings.group(self.name)}.{self.instance}",
                                       max_poll_interval_ms=600_000, session_timeout_ms=15_000,
                                       heartbeat_interval_ms=2_000, **fetch)
         await self.consumer.start()

@@ -42,8 +42,12 @@ def spawn(settings: Settings, *args: str, log: Path) -> subprocess.Popen:
 
 
 def simulate(settings: Settings, tmp: Path, *, seed: int, contact: str, exposures: int = 20,
-             faults: str | None = None, next_contact: str | None = None) -> dict[str, Any]:
-    args = ["simulate", "--seed", str(seed), "--exposures", str(exposures), "--contact", contact,
+             faults: str | None = None, next_contact: str | None = None,
+             size: str | None = None, max_subarray: int = 256) -> dict[str, Any]:
+    """Simulate a contact (``exposures`` small ones, or ``size`` bytes) and return its truth."""
+    amount = ["--size", size] if size else ["--exposures", str(exposures)]
+    args = ["simulate", "--seed", str(seed), *amount, "--contact", contact,
+            "--max-subarray", str(max_subarray),
             "--out", str(tmp / f"{contact}.bin"), "--truth", str(tmp / f"{contact}.truth.json")]
     if faults:
         args += ["--faults", faults]
