@@ -51,4 +51,7 @@ for p in sorted(Path(sys.argv[1]).glob("jw*/*_l0.json")):
               str(m["packets"]), f"{m['bytes']/1e6:.1f}", str(len(m["missing_packets"])), ",".join(m["contacts"]))
 Console(width=max(Console().width, 140)).print(t)
 PY
+echo
+echo "The stack is still up: watch it with 'downlink stack status', inspect topics, rerun steps;"
+echo "stop it with 'downlink stack down'. Files: $WORK (contact, truth) and $DOWNLINK_DATA_DIR (L0)."
 exit $status
