@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -51,6 +50,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
+from downlink import units
 from downlink.errors import ConfigError, IngestError, KafkaUnavailable
 from downlink.settings import Settings
 from monitoring.metrics import BYTES_OUT, MESSAGES_OUT
@@ -82,40 +82,20 @@ def _no_progress(done: int, total: int | None) -> None:
 
 # --------------------------------------------------------------------------- units
 
-_RATE = re.compile(
-    r"^\s*(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<prefix>[kKmMgG]i?)?(?P<unit>bps|bit/s|b/s|B/s|Bps)\s*$"
-)
-_SIZE = re.compile(r"^\s*(?P<num>\d+(?:\.\d*)?|\.\d+)\s*(?P<prefix>[kKmMgG]i?)?(?P<unit>B)?\s*$")
-_PREFIX = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
-
-
 def parse_rate(text: str) -> float:
-    """Parse a link rate such as ``28Mbps``, ``28 Mbit/s`` or ``3.5MB/s`` into bytes per second.
-
-    ``bps``/``bit/s``/``b/s`` are bits, ``B/s``/``Bps`` bytes; k, M, G are powers of
-    1000 and Ki, Mi, Gi powers of 1024. A unit is required: link rates are quoted in
-    bits, file sizes in bytes, and guessing between them is how pacing goes wrong by 8×.
-    """
-    m = _RATE.match(text)
-    if not m:
-        raise ConfigError(f"rate {text!r} not understood; write e.g. 28Mbps, 3.5MB/s or 500kbit/s")
-    value = float(m["num"]) * _PREFIX[(m["prefix"] or "").lower()]
-    if m["unit"] in ("bps", "bit/s", "b/s"):
-        value /= 8
-    if value <= 0:
-        raise ConfigError(f"rate {text!r} must be positive")
-    return value
+    """A link rate such as ``28Mbps`` or ``3.5MB/s`` in bytes per second (:mod:`downlink.units`)."""
+    try:
+        return units.parse_rate(text)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; write e.g. 28Mbps, 3.5MB/s or 500kbit/s") from None
 
 
 def parse_size(text: str) -> int:
-    """Parse a byte count such as ``1048576``, ``1MiB`` or ``256k`` (k/M/G = 1000^n, Ki/Mi/Gi = 1024^n)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise ConfigError(f"size {text!r} not understood; write e.g. 1048576, 1MiB or 256kB")
-    value = int(float(m["num"]) * _PREFIX[(m["prefix"] or "").lower()])
-    if value <= 0:
-        raise ConfigError(f"size {text!r} must be positive")
-    return value
+    """A byte count such as ``1048576``, ``1MiB`` or ``256kB`` (:mod:`downlink.units`)."""
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; write e.g. 1048576, 1MiB or 256kB") from None
 
 
 # --------------------------------------------------------------------------- results

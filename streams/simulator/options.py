@@ -10,6 +10,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from downlink import units
 from downlink.errors import SimulationError
 from streams.packets import DETECTOR_CODES
 
@@ -24,21 +25,15 @@ DEFAULT_REORDER_P = 0.001
 #: garbage runs are 1..GARBAGE_MAX_BYTES long
 GARBAGE_MAX_BYTES = 256
 
-_SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_size(text: str) -> int:
-    """``200MB`` -> 200_000_000 (decimal units; KiB/MiB/GiB binary)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
-    unit = m.group(2).upper() if m else ""
-    if not m or unit not in _SIZE_UNITS:
-        raise SimulationError(f"size {text!r} not understood; write e.g. 200MB, 1.5GB, 512MiB")
-    size = int(float(m.group(1)) * _SIZE_UNITS[unit])
-    if size <= 0:
-        raise SimulationError(f"size {text!r} must be positive")
-    return size
+    """``200MB`` -> 200_000_000 (decimal units; KiB/MiB/GiB binary; :mod:`downlink.units`)."""
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise SimulationError(f"{exc}; write e.g. 200MB, 1.5GB, 512MiB") from None
 
 
 def parse_duration(text: str) -> float:
