@@ -16,6 +16,11 @@ from downlink.errors import EnvelopeError
 from streams import envelope
 
 
+def fast(settings: Settings) -> Settings:
+    """Settings for tests: partial L0 written 0.5 s after end of contact, idle after 1 s."""
+    return settings.replace(l0_eoc_margin_seconds=0.5, idle_seconds=1.0)
+
+
 def env_for(settings: Settings) -> dict[str, str]:
     """Environment that makes a `downlink` subprocess use these settings."""
     env = dict(os.environ)

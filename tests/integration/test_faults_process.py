@@ -21,13 +21,10 @@ import pytest
 from consumers.runner import run_services
 from downlink.verify import verify
 from streams.decoder import PacketIndex
-from tests.integration.helpers import cli, read_all, simulate, spawn
+from tests.integration.helpers import cli, fast, read_all, simulate, spawn
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-
-def _fast(settings):
-    return settings.replace(l0_eoc_margin_seconds=0.5, idle_seconds=1.0)
 
 
 async def _wait_for_log(paths, text: str, count: int = 1, timeout: float = 60.0) -> None:
@@ -81,7 +78,7 @@ async def _check_outputs(settings, truth, contact: str) -> None:
 
 
 async def test_sigkill_demux_and_l0_at_random_points(settings, topics, tmp_path):
-    settings = _fast(settings)
+    settings = fast(settings)
     # ~40 MB paced at 6 MB/s: the contact flows for several seconds while processes are killed
     truth = simulate(settings, tmp_path, seed=21, contact="CRASH1", size="40MB",
                      faults="drop=0.003,dup=0.003,garbage=0.002", max_subarray=1024)
@@ -113,7 +110,7 @@ async def test_sigkill_demux_and_l0_at_random_points(settings, topics, tmp_path)
 
 
 async def test_rebalance_when_an_l0_instance_dies(settings, topics, tmp_path):
-    settings = _fast(settings)
+    settings = fast(settings)
     truth = simulate(settings, tmp_path, seed=22, contact="REBAL1", exposures=24)
     logs = tmp_path / "logs"
     logs.mkdir()

@@ -14,13 +14,10 @@ import pytest
 from consumers.runner import run_services
 from downlink.verify import verify
 from monitoring import metrics
-from tests.integration.helpers import cli, ingest, read_all, simulate
+from tests.integration.helpers import cli, fast, ingest, read_all, simulate
 
 pytestmark = pytest.mark.integration
 
-
-def _fast(settings):
-    return settings.replace(l0_eoc_margin_seconds=0.5, idle_seconds=1.0)
 
 
 async def _process(settings) -> None:
@@ -38,7 +35,7 @@ async def _announcements(settings) -> Counter:
 
 
 async def test_clean_contact_l0_equals_truth(settings, topics, tmp_path):
-    settings = _fast(settings)
+    settings = fast(settings)
     truth = simulate(settings, tmp_path, seed=11, contact="CLEAN1", exposures=20)
     assert len(truth["exposures"]) >= 15
     assert len({e["tag"]["detector"] for e in truth["exposures"]}) >= 3
@@ -63,7 +60,7 @@ def _free_port() -> int:
 
 
 async def test_faulted_contact(settings, topics, tmp_path):
-    settings = _fast(settings).replace(metrics_port=_free_port())
+    settings = fast(settings).replace(metrics_port=_free_port())
     faults = "drop=0.004,dup=0.004,reorder=5,reorder_p=0.01,corrupt=0.002,garbage=0.003,wrap"
     truth = simulate(settings, tmp_path, seed=12, contact="FAULT1", exposures=20, faults=faults)
     kinds = Counter(f["type"] for f in truth["faults"])
@@ -117,7 +114,7 @@ def _metric_total(counter) -> float:
 
 
 async def test_split_exposure_gives_partial_then_complete(settings, topics, tmp_path):
-    settings = _fast(settings)
+    settings = fast(settings)
     truth = simulate(settings, tmp_path, seed=13, contact="SPLITA", exposures=6, faults="split",
                      next_contact="SPLITB")
     split = [f for f in truth["faults"] if f["type"] == "split"]
@@ -139,7 +136,7 @@ async def test_split_exposure_gives_partial_then_complete(settings, topics, tmp_
 
 
 async def test_redump_fills_dropped_packets_in_a_new_version(settings, topics, tmp_path):
-    settings = _fast(settings)
+    settings = fast(settings)
     truth = simulate(settings, tmp_path, seed=14, contact="DUMPA", exposures=8,
                      faults="drop=0.01,redump", next_contact="DUMPB")
     redumped = {f["exposure_id"] for f in truth["faults"] if f["type"] == "redump" and f.get("exposure_id")}
