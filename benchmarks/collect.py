@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from downlink.cli.bench import BENCHMARKS
+from benchmarks import BENCHMARKS
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from downlink.settings import Settings
+from core.settings import Settings
 from streams.kafka import make_producer
 
 #: sends in flight before the baseline waits for them (as ingest does)
@@ -44,7 +44,7 @@ async def send_file(settings: Settings, path: Path, topic: str, key: bytes,
         started = time.perf_counter()
         pending: list[asyncio.Future] = []
         with open(path, "rb") as fh:
-            while block := await asyncio.to_thread(fh.read, settings.chunk_bytes):
+            while block := await asyncio.to_thread(fh.read, settings.ingest.chunk_bytes):
                 pending.append(await producer.send(topic, block, key=key, partition=partition))
                 if len(pending) >= WINDOW:
                     await asyncio.gather(*pending)

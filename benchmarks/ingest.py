@@ -2,7 +2,7 @@
 
 Writes ``size_mb`` MB of random bytes (ingest never parses packets, and the raw
 producer does not compress, so content does not change the cost) to a temporary
-file, ingests it with :func:`streams.ingest.ingest_file` under a unique topic
+file, ingests it with :func:`consumers.ingest.ingest_file` under a unique topic
 prefix, and in the same run pushes the same chunks through a bare aiokafka send
 loop with the same producer settings (``baseline_mb_per_s``): the ratio shows what
 ingest's bookkeeping costs on top of Kafka itself on this machine, at this moment.
@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine, send_file
-from downlink.settings import Settings
-from streams.ingest import RAW_TOPIC, ingest_file, partition_for
+from core.settings import Settings
+from consumers.ingest import RAW_TOPIC, ingest_file, partition_for
 from streams.topics import create_topics, delete_topics, load_topics
 
 BLOCK = 16 << 20
@@ -75,9 +75,9 @@ async def arun(settings: Settings, size_mb: int = 512) -> dict[str, Any]:
         "x_realtime": round(ingest_mb_per_s / 3.5, 1),  # Ka-band downlink ~28 Mbit/s = 3.5 MB/s
         "bytes": result.total_bytes,
         "chunks": result.published_chunks,
-        "chunk_bytes": settings.chunk_bytes,
+        "chunk_bytes": settings.ingest.chunk_bytes,
         "seconds": round(seconds, 3),
-        "kafka_bootstrap": settings.kafka_bootstrap,
+        "kafka_bootstrap": settings.kafka.bootstrap,
         **machine(),
     }
 

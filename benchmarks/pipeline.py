@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import machine, send_file
-from consumers.runner import run_services
-from downlink.settings import Settings
+from consumers.framework.runner import run_services
+from core.settings import Settings
 from streams.kafka import make_consumer
 from streams.topics import TopicSpec, create_topics, delete_topics, load_topics
 
@@ -33,7 +33,7 @@ DOWNLINK_RATE_MB_S = 3.5
 
 def _cli(settings: Settings, *args: str) -> None:
     cmd = [sys.executable, "-m", "downlink", "--topic-prefix", settings.topic_prefix,
-           "--kafka-bootstrap", settings.kafka_bootstrap, *args]
+           "--kafka-bootstrap", settings.kafka.bootstrap, *args]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
@@ -79,7 +79,7 @@ def _last_l0(settings: Settings) -> float:
 def _pipeline_processes(settings: Settings, exposures: int) -> float:
     """demux and l0 as two processes (``downlink consumer NAME``), one core each."""
     env = dict(os.environ, DOWNLINK_TOPIC_PREFIX=settings.topic_prefix,
-               DOWNLINK_KAFKA_BOOTSTRAP=settings.kafka_bootstrap,
+               DOWNLINK_KAFKA_BOOTSTRAP=settings.kafka.bootstrap,
                DOWNLINK_DATA_DIR=str(settings.data_dir), DOWNLINK_L0_EOC_MARGIN_SECONDS="0")
     t0 = time.time()
     procs = [subprocess.Popen([sys.executable, "-m", "downlink", "consumer", name], env=env,
@@ -112,7 +112,7 @@ def run(size_mb: int = 2048, seed: int = 1, workdir: str | None = None,
     try:
         _cli(settings, "ingest", str(raw), "--contact", "BENCH")
         size = raw.stat().st_size
-        baseline = asyncio.run(_baseline(settings, raw, settings.chunk_bytes))
+        baseline = asyncio.run(_baseline(settings, raw, settings.ingest.chunk_bytes))
         if processes:
             elapsed = _pipeline_processes(settings, len(json.loads(truth.read_text())["exposures"]))
         else:

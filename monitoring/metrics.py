@@ -30,7 +30,7 @@ TRANSACTIONS = Counter("downlink_transactions_total", "Kafka transactions commit
 CONSUMER_UP = Gauge("downlink_consumer_up", "1 while a consumer's task runs", ["consumer"])
 
 
-def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
-    """Serve /metrics on ``port`` (a daemon thread; 0 disables)."""
+def serve(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> None:
+    """Serve /metrics on ``host:port`` (a daemon thread; port 0 disables)."""
     if port:
-        start_http_server(port, addr="127.0.0.1", registry=registry)
+        start_http_server(port, addr=host, registry=registry)

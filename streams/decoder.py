@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from downlink.errors import CodecError
+from core.errors import CodecError
 from streams.packets import (
     DETECTORS,
     ENG_APID_MAX,

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from downlink.errors import ConfigError
+from core.errors import ConfigError
 from streams.packets import ENG_APID_MAX, ENG_APID_MIN, HEADER_LEN, PRIMARY_HEADER_LEN
 
 #: libyaml's loader when available (10x faster), same safe semantics

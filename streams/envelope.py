@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from downlink.errors import EnvelopeError
+from core.errors import EnvelopeError
 
 SCHEMA_VERSION = 1
 #: versions this build can decode

@@ -8,16 +8,19 @@ size limits stay consistent with the broker the stack launcher configures.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.codec import has_lz4
+from aiokafka.structs import ConsumerRecord
 
-from downlink.errors import ConfigError, KafkaUnavailable
-from downlink.settings import Settings
+from core.errors import ConfigError, KafkaUnavailable
+from core.settings import Settings
+from streams import envelope
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +46,15 @@ def make_producer(
     running in parallel never fence each other.
     """
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        "bootstrap_servers": settings.kafka.bootstrap,
         "acks": "all",
         "enable_idempotence": True,
         "compression_type": settings.compression_type(),
         "linger_ms": 20,
         "max_batch_size": 4 << 20,  # several 1 MiB chunks per request: +30% produce MB/s measured
         # a message whose value is max_message_bytes must still fit with its batch overhead
-        "max_request_size": settings.max_message_bytes + MESSAGE_OVERHEAD,
-        "request_timeout_ms": 40_000,
+        "max_request_size": settings.kafka.max_message_bytes + MESSAGE_OVERHEAD,
+        "request_timeout_ms": settings.kafka.request_timeout_ms,
     }
     if transactional_id is not None:
         options["transactional_id"] = f"{settings.topic_prefix}{transactional_id}"
@@ -73,9 +76,9 @@ def make_consumer(
     group id (``settings.group(consumer)``) or None for an unmanaged reader.
     Fetch sizes allow one message of ``max_message_bytes`` per partition.
     """
-    partition_fetch = settings.max_message_bytes + BROKER_HEADROOM
+    partition_fetch = settings.kafka.max_message_bytes + BROKER_HEADROOM
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
+        "bootstrap_servers": settings.kafka.bootstrap,
         "group_id": group,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
@@ -87,16 +90,36 @@ def make_consumer(
     return AIOKafkaConsumer(*topics, **options)
 
 
+def unavailable(settings: Settings, exc: BaseException) -> KafkaUnavailable:
+    """The one "cannot reach Kafka" error, telling the operator what to do."""
+    return KafkaUnavailable(
+        f"cannot reach Kafka at {settings.kafka.bootstrap} ({exc}); "
+        "start the local stack with `downlink stack up` or set DOWNLINK_KAFKA_BOOTSTRAP"
+    )
+
+
+async def start_client(settings: Settings, client: Any) -> None:
+    """Start a producer, consumer or admin client; a broker that cannot be reached is KafkaUnavailable."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        await client.start()
+    except (KafkaError, OSError) as exc:
+        with contextlib.suppress(Exception):
+            await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
+        raise unavailable(settings, exc) from exc
+
+
 def make_admin(settings: Settings, **overrides: Any) -> AIOKafkaAdminClient:
     """Build (not start) an admin client for topic management and health checks."""
-    options: dict[str, Any] = {"bootstrap_servers": settings.kafka_bootstrap, "request_timeout_ms": 10_000}
+    options: dict[str, Any] = {"bootstrap_servers": settings.kafka.bootstrap, "request_timeout_ms": 10_000}
     options.update(overrides)
     return AIOKafkaAdminClient(**options)
 
 
 async def probe_kafka(settings: Settings, request_timeout_ms: int = 3_000) -> str | None:
     """One readiness probe: metadata and an admin request; returns None if healthy, else why not."""
-    first = settings.kafka_bootstrap.split(",")[0].strip()
+    first = settings.kafka.bootstrap.split(",")[0].strip()
     host, _, port = first.rpartition(":")
     try:
         # a bare TCP check first: aiokafka logs an ERROR for every refused connection
@@ -131,7 +154,7 @@ async def wait_for_kafka(settings: Settings, timeout: float) -> None:
             return
         if time.monotonic() >= deadline:
             raise KafkaUnavailable(
-                f"Kafka at {settings.kafka_bootstrap} not ready after {timeout:.0f}s ({reason}); "
+                f"Kafka at {settings.kafka.bootstrap} not ready after {timeout:.0f}s ({reason}); "
                 f"start it with `downlink stack up` or read {kafka_log_file(settings)}"
             )
         await asyncio.sleep(0.25)
@@ -143,17 +166,7 @@ async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     Open transactions are excluded, so a reader caught up to these offsets has
     seen every committed message.
     """
-    admin = make_admin(settings)
-    try:
-        await admin.start()
-        described = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    partitions = sorted(p["partition"] for t in described if not t["error_code"] for p in t["partitions"])
-    if not partitions:
-        raise ConfigError(
-            f"topic {topic!r} does not exist on {settings.kafka_bootstrap}; run `downlink topics create`"
-        )
+    partitions = await topic_partitions(settings, topic, wait=0.0)
     consumer = make_consumer(settings, group=None)
     await consumer.start()
     try:
@@ -161,3 +174,55 @@ async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         return {tp.partition: offset for tp, offset in offsets.items()}
     finally:
         await consumer.stop()
+
+
+async def read_to_end(settings: Settings, topic: str) -> AsyncIterator[ConsumerRecord]:
+    """Every committed record of a logical topic, from the beginning to its current end."""
+    consumer = make_consumer(settings, group=None)
+    await consumer.start()
+    try:
+        physical = settings.topic(topic)
+        partitions = [TopicPartition(physical, p) for p in await topic_partitions(settings, physical)]
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        remaining = {tp for tp in partitions if ends[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(timeout_ms=500)
+            for recs in batch.values():
+                for rec in recs:
+                    yield rec
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+async def read_table(settings: Settings, topic: str) -> dict[str, dict[str, Any]]:
+    """Latest envelope per key of a compacted state topic (read to its end)."""
+    return {rec.key.decode(): envelope.decode(rec.value)
+            async for rec in read_to_end(settings, topic) if rec.key is not None}
+
+
+async def topic_partitions(settings: Settings, topic: str, wait: float = 10.0) -> list[int]:
+    """Partitions of a physical topic (admin metadata), waiting briefly for a just-created one.
+
+    ``AIOKafkaConsumer.partitions_for_topic`` only knows subscribed topics, so
+    unmanaged readers ask the admin API instead.
+    """
+    deadline = time.monotonic() + wait
+    admin = make_admin(settings)
+    await start_client(settings, admin)
+    try:
+        while True:
+            described = await admin.describe_topics([topic])
+            info = described[0] if described else {}
+            if info.get("error_code") == 0 and info.get("partitions"):
+                return sorted(p["partition"] for p in info["partitions"])
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"topic {topic!r} does not exist on {settings.kafka.bootstrap}; "
+                                  "run `downlink topics create`")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from downlink.errors import CodecError
+from core.errors import CodecError
 
 PRIMARY_HEADER_LEN = 6
 SECONDARY_HEADER_LEN = 8
@@ -38,8 +38,6 @@ EXPOSURE_END_LEN = 34
 SCIENCE_DATA_HEADER_LEN = 38  # pixels start here
 MAX_PACKET_LEN = SCIENCE_DATA_HEADER_LEN + 2 * MAX_PIXELS_PER_PACKET
 
-#: TAI epoch of the packet time code
-EPOCH_TAI = "1958-01-01T00:00:00"
 
 
 class Kind(enum.IntEnum):

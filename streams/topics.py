@@ -17,8 +17,8 @@ from aiokafka.admin import NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 
-from downlink.errors import ConfigError, KafkaUnavailable
-from downlink.settings import Settings
+from core.errors import ConfigError, KafkaUnavailable
+from core.settings import Settings
 from streams.kafka import kafka_log_file, make_admin
 
 log = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ async def create_topics(settings: Settings, specs: dict[str, TopicSpec] | Iterab
             await admin.start()
         except Exception as exc:
             raise KafkaUnavailable(
-                f"cannot reach Kafka at {settings.kafka_bootstrap} to create topics ({exc}); "
+                f"cannot reach Kafka at {settings.kafka.bootstrap} to create topics ({exc}); "
                 f"run `downlink stack up` or read {kafka_log_file(settings)}"
             ) from exc
         described = await admin.describe_topics(list(wanted))
@@ -207,7 +207,7 @@ async def create_topics(settings: Settings, specs: dict[str, TopicSpec] | Iterab
                     NewTopic(
                         name,
                         wanted[name].partitions,
-                        settings.topic_replication_factor,
+                        settings.kafka.replication_factor,
                         topic_configs=wanted[name].kafka_configs(),
                     )
                     for name in missing

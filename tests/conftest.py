@@ -27,7 +27,7 @@ import pytest_asyncio
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import NewTopic
 
-from downlink.settings import Settings
+from core.settings import Settings
 from downlink.stack.launcher import Stack
 from downlink.stack.mosquitto import probe_mqtt
 from streams.kafka import make_admin, make_consumer, make_producer, probe_kafka
@@ -68,7 +68,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setti
     state_dir = tmp_path_factory.mktemp("stack")
     # start servers where the clients will look for them (bootstrap / MQTT URL win over *_port)
     launcher = Stack(
-        settings.replace(state_dir=state_dir, kafka_port=_kafka_port(settings), mqtt_port=_mqtt_port(settings)),
+        settings.replace(state_dir=state_dir, stack_kafka_port=_kafka_port(settings), stack_mqtt_port=_mqtt_port(settings)),
         components=missing,
     )
     # a failure here is an error of every integration test, with the launcher's message
@@ -80,16 +80,16 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setti
 
 
 def _mqtt_host(settings: Settings) -> str:
-    return urlsplit(settings.mqtt_url).hostname or "127.0.0.1"
+    return urlsplit(settings.mqtt.url).hostname or "127.0.0.1"
 
 
 def _mqtt_port(settings: Settings) -> int:
-    return urlsplit(settings.mqtt_url).port or settings.mqtt_port
+    return urlsplit(settings.mqtt.url).port or settings.stack.mqtt_port
 
 
 def _kafka_port(settings: Settings) -> int:
-    first = settings.kafka_bootstrap.split(",")[0].strip()
-    return int(first.rsplit(":", 1)[1]) if ":" in first else settings.kafka_port
+    first = settings.kafka.bootstrap.split(",")[0].strip()
+    return int(first.rsplit(":", 1)[1]) if ":" in first else settings.stack.kafka_port
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ async def topic_factory(stack: Settings, settings: Settings) -> AsyncIterator[To
         await admin.start()
         try:
             response = await admin.create_topics(
-                [NewTopic(physical, partitions, settings.topic_replication_factor, topic_configs=config or {})]
+                [NewTopic(physical, partitions, settings.kafka.replication_factor, topic_configs=config or {})]
             )
         finally:
             await admin.close()

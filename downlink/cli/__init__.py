@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from downlink.settings import Settings
+from core.settings import Settings
 
 
 def settings_of(ctx: typer.Context) -> Settings:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-BENCHMARKS = ("decoder", "simulator", "ingest", "pipeline")
+from benchmarks import BENCHMARKS
 
 
 def register(app: typer.Typer) -> None:

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 
 from downlink.cli import settings_of
-from downlink.settings import Settings
+from core.settings import Settings
 
 
 def _progress_bar() -> Progress:
@@ -40,7 +40,7 @@ def _progress_bar() -> Progress:
 
 
 def _tracker(bar: Progress, task: TaskID):
-    """A streams.ingest progress callback that moves one bar (shown from the first call on,
+    """A consumers.ingest progress callback that moves one bar (shown from the first call on,
     so an error before publishing prints no empty bar)."""
 
     def update(done: int, total: int | None) -> None:
@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
             None, "--rate", help="pace a file at a downlink rate, e.g. 28Mbps (latency tests)"
         ),
         chunk_bytes: Optional[str] = typer.Option(
-            None, "--chunk-bytes", help="chunk size, e.g. 1MiB [DOWNLINK_CHUNK_BYTES]; keep it fixed per contact"
+            None, "--chunk-bytes", help="chunk size, e.g. 1MiB [DOWNLINK_INGEST_CHUNK_BYTES]; keep it fixed per contact"
         ),
         listen: Optional[str] = typer.Option(
             None, "--listen", help="serve ground-station feeds on HOST:PORT; one connection = one contact"
@@ -81,11 +81,11 @@ def register(app: typer.Typer) -> None:
         once: bool = typer.Option(False, "--once", help="with --listen: exit after the first connection ends"),
     ) -> None:
         """Publish a contact's raw stream to downlink.raw in chunks; re-running resumes, never duplicates."""
-        from streams.ingest import parse_rate, parse_size
+        from consumers.ingest import parse_rate, parse_size
 
         settings = settings_of(ctx)
         if chunk_bytes is not None:
-            settings = settings.replace(chunk_bytes=parse_size(chunk_bytes))
+            settings = settings.replace(ingest_chunk_bytes=parse_size(chunk_bytes))
             settings.validate()
         if (file is None) == (listen is None):
             raise typer.BadParameter("give either FILE or --listen HOST:PORT (not both)")
@@ -116,7 +116,7 @@ def _stop_on_sigterm() -> None:
 
 
 async def _ingest_file(settings: Settings, file: Path, contact: Optional[str], rate_bps: Optional[float]) -> None:
-    from streams.ingest import ingest_file
+    from consumers.ingest import ingest_file
 
     _stop_on_sigterm()
     bar = _progress_bar()
@@ -130,7 +130,7 @@ async def _ingest_file(settings: Settings, file: Path, contact: Optional[str], r
 
 
 async def _ingest_socket(settings: Settings, host: str, port: int, contact: Optional[str], once: bool) -> None:
-    from streams.ingest import IngestResult, ingest_socket
+    from consumers.ingest import IngestResult, ingest_socket
 
     _stop_on_sigterm()
     bar = _progress_bar()

@@ -1,22 +1,27 @@
 """The ``downlink`` command: one Typer app, each command group in its own module.
 
-Each module in ``COMMAND_MODULES`` exposes ``register(app)``; global options
-(settings overrides) are parsed here and reach commands through ``ctx.obj``.
+Every module of ``downlink/cli`` that defines ``register(app)`` adds its
+commands (a new command group is a new module, nothing else to edit); global
+options (settings overrides) are parsed here and reach commands through
+``ctx.obj``. Command modules import their heavy dependencies inside the
+command functions, so ``downlink consumer demux`` never loads astropy.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from downlink import logs
-from downlink.errors import DownlinkError
-from downlink.settings import Settings
+from core.errors import DownlinkError
+from core.settings import Settings
 
-COMMAND_MODULES = ["stack", "topics", "simulate", "ingest", "run", "verify", "report", "bench"]
+COMMAND_MODULES = sorted(m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])
+                         if m.name not in ("main", "__init__"))
 
 app = typer.Typer(
     add_completion=False,
@@ -46,7 +51,9 @@ def _global(
 
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(f"downlink.cli.{_name}").register(app)
+    _module = importlib.import_module(f"downlink.cli.{_name}")
+    if hasattr(_module, "register"):
+        _module.register(app)
 
 
 def main() -> None:

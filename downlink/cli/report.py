@@ -10,12 +10,12 @@ from rich.console import Console
 from rich.table import Table
 
 from downlink.cli import settings_of
-from downlink.errors import DownlinkError
+from core.errors import DownlinkError
 
 
 async def contact_report(settings, contact: str) -> dict:
-    from consumers.accounting import ContactAccount
-    from consumers.service import read_table
+    from consumers.demux.accounting import ContactAccount
+    from streams.kafka import read_table
 
     table = await read_table(settings, "demux.state")
     if contact not in table:

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         instance: Optional[str] = typer.Option(None, help="stable instance id (transactional id suffix) [DOWNLINK_INSTANCE]"),
     ) -> None:
         """Run consumers together in one asyncio process."""
-        from consumers.runner import run_services
+        from consumers.framework.runner import run_services
 
         settings = settings_of(ctx).replace(**({"metrics_port": metrics_port} if metrics_port is not None else {}))
         names = [n.strip() for n in only.split(",") if n.strip()]
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         instance: Optional[str] = typer.Option(None, help="stable instance id; give each replica its own"),
     ) -> None:
         """Run one consumer; start several (distinct --instance) to share its group."""
-        from consumers.runner import run_services
+        from consumers.framework.runner import run_services
 
         settings = settings_of(ctx).replace(**({"metrics_port": metrics_port} if metrics_port is not None else {}))
         raise typer.Exit(asyncio.run(run_services(settings, [name], until_idle=until_idle, instance=instance)))

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from downlink.cli import settings_of
-from downlink.errors import SimulationError
+from core.errors import SimulationError
 
 
 def _parsed(parse, value, hint: str):

@@ -127,7 +127,7 @@ def fetch(ctx: typer.Context) -> None:
     cold = asyncio.run(Stack(settings, ["kafka"]).fetch())
     state = "fetched" if cold else "already cached"
     console.print(
-        f"Kafka {settings.kafka_version} jars {state} in {settings.cache_dir / ('kafka-' + settings.kafka_version)} "
+        f"Kafka {settings.kafka.version} jars {state} in {settings.cache_dir / ('kafka-' + settings.kafka.version)} "
         f"({time.monotonic() - started:.1f}s)"
     )
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from downlink.cli import settings_of
-from downlink.settings import Settings
+from core.settings import Settings
 from streams.kafka import make_admin, wait_for_kafka
 from streams.topics import create_topics, load_topics
 
@@ -53,7 +53,7 @@ def list_(ctx: typer.Context) -> None:
     settings = settings_of(ctx)
     specs = load_topics(settings.topics_file)
     actual = asyncio.run(_partitions(settings, [settings.topic(name) for name in specs]))
-    table = Table(title=f"topics ({settings.topics_file}) on {settings.kafka_bootstrap}")
+    table = Table(title=f"topics ({settings.topics_file}) on {settings.kafka.bootstrap}")
     for column in ("topic", "partitions", "on broker", "retention ms", "cleanup", "key", "schema"):
         table.add_column(column)
     for name, spec in specs.items():

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
     ) -> None:
         """Compare L0 files with the truth; exit 1 on any mismatch."""
-        from downlink.verify import load_truth, verify
+        from products.verify import load_truth, verify
 
         data_dir = data or settings_of(ctx).data_dir
         result = verify(load_truth(truth), data_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from downlink.settings import Settings
+from core.settings import Settings
 
 
 class Component(ABC):

@@ -16,8 +16,8 @@ import shutil
 import uuid
 from pathlib import Path
 
-from downlink.errors import StackError
-from downlink.settings import Settings
+from core.errors import StackError
+from core.settings import Settings
 from downlink.stack.component import Component
 from streams.kafka import BROKER_HEADROOM, probe_kafka
 
@@ -30,12 +30,12 @@ _BROKER_JAR = "kafka_2.13-{version}.jar"
 
 def kafka_home(settings: Settings) -> Path:
     """Cache folder of one Kafka version (outside the repository, shared by checkouts)."""
-    return settings.cache_dir / f"kafka-{settings.kafka_version}"
+    return settings.cache_dir / f"kafka-{settings.kafka.version}"
 
 
 def _marker_text(settings: Settings) -> str:
     digest = hashlib.sha256(POM.read_bytes()).hexdigest()
-    return f"kafka {settings.kafka_version} pom-sha256 {digest}\n"
+    return f"kafka {settings.kafka.version} pom-sha256 {digest}\n"
 
 
 def fetched(settings: Settings) -> bool:
@@ -45,7 +45,7 @@ def fetched(settings: Settings) -> bool:
     return (
         marker.is_file()
         and marker.read_text() == _marker_text(settings)
-        and (home / "libs" / _BROKER_JAR.format(version=settings.kafka_version)).is_file()
+        and (home / "libs" / _BROKER_JAR.format(version=settings.kafka.version)).is_file()
     )
 
 
@@ -66,11 +66,11 @@ async def fetch(settings: Settings) -> bool:
         argv = [
             "mvn", "-B", "-q", "-f", str(POM), "dependency:copy-dependencies",
             f"-DoutputDirectory={home / 'libs'}", "-DincludeScope=runtime",
-            f"-Dkafka.version={settings.kafka_version}",
+            f"-Dkafka.version={settings.kafka.version}",
             # never rewrite a jar in place: a running broker may have it open
             "-DoverWriteIfNewer=false",
         ]
-        log.info("fetching Kafka jars with Maven", extra={"version": settings.kafka_version, "dest": str(home)})
+        log.info("fetching Kafka jars with Maven", extra={"version": settings.kafka.version, "dest": str(home)})
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -81,7 +81,7 @@ async def fetch(settings: Settings) -> bool:
         if proc.returncode != 0:
             text = output.decode(errors="replace").strip().splitlines()
             raise StackError(
-                f"Maven could not fetch Kafka {settings.kafka_version} (exit {proc.returncode}); "
+                f"Maven could not fetch Kafka {settings.kafka.version} (exit {proc.returncode}); "
                 f"command: {' '.join(argv)}\n" + "\n".join(text[-20:])
             )
         (home / ".fetched").write_text(_marker_text(settings))
@@ -99,7 +99,7 @@ class Kafka(Component):
 
     @property
     def ports(self) -> list[int]:
-        return [self.settings.kafka_port, self.settings.kafka_controller_port]
+        return [self.settings.stack.kafka_port, self.settings.stack.kafka_controller_port]
 
     @property
     def libs(self) -> Path:
@@ -116,13 +116,13 @@ class Kafka(Component):
 
     def server_properties(self) -> str:
         s = self.settings
-        max_bytes = s.max_message_bytes + BROKER_HEADROOM
+        max_bytes = s.kafka.max_message_bytes + BROKER_HEADROOM
         lines = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{s.kafka_controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{s.kafka_port}",
+            "controller.quorum.voters": f"1@127.0.0.1:{s.stack.kafka_controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{s.stack.kafka_port},CONTROLLER://127.0.0.1:{s.stack.kafka_controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{s.stack.kafka_port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -196,11 +196,11 @@ class Kafka(Component):
 
     def argv(self) -> list[str]:
         return [
-            "java", f"-Xmx{self.settings.kafka_heap}", f"-Xms{self.settings.kafka_heap}",
+            "java", f"-Xmx{self.settings.stack.kafka_heap}", f"-Xms{self.settings.stack.kafka_heap}",
             "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
             f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
             "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.home / "server.properties"),
         ]
 
     async def probe(self) -> str | None:
-        return await probe_kafka(self.settings.replace(kafka_bootstrap=f"127.0.0.1:{self.settings.kafka_port}"))
+        return await probe_kafka(self.settings.replace(kafka_bootstrap=f"127.0.0.1:{self.settings.stack.kafka_port}"))

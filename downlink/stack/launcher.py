@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from downlink.errors import StackError
-from downlink.settings import Settings
+from core.errors import StackError
+from core.settings import Settings
 from downlink.stack import kafka as kafka_mod
 from downlink.stack.component import Component
 from downlink.stack.kafka import Kafka

@@ -29,7 +29,7 @@ class Mosquitto(Component):
 
     @property
     def ports(self) -> list[int]:
-        return [self.settings.mqtt_port, self.settings.mqtt_ws_port]
+        return [self.settings.stack.mqtt_port, self.settings.stack.mqtt_ws_port]
 
     @property
     def binary(self) -> str:
@@ -56,9 +56,9 @@ class Mosquitto(Component):
             "log_timestamp_format %Y-%m-%dT%H:%M:%S\n"
             "max_inflight_messages 1000\n"
             "max_queued_messages 10000\n"
-            f"listener {s.mqtt_port} 127.0.0.1\n"
+            f"listener {s.stack.mqtt_port} 127.0.0.1\n"
             "protocol mqtt\n"
-            f"listener {s.mqtt_ws_port} 127.0.0.1\n"
+            f"listener {s.stack.mqtt_ws_port} 127.0.0.1\n"
             "protocol websockets\n"
         )
 
@@ -71,10 +71,10 @@ class Mosquitto(Component):
         return [self.binary, "-c", str(self.home / "mosquitto.conf")]
 
     async def probe(self) -> str | None:
-        reason = await probe_mqtt("127.0.0.1", self.settings.mqtt_port)
+        reason = await probe_mqtt("127.0.0.1", self.settings.stack.mqtt_port)
         if reason:
-            return f"MQTT on port {self.settings.mqtt_port}: {reason}"
-        reason = await probe_mqtt("127.0.0.1", self.settings.mqtt_ws_port, transport="websockets")
+            return f"MQTT on port {self.settings.stack.mqtt_port}: {reason}"
+        reason = await probe_mqtt("127.0.0.1", self.settings.stack.mqtt_ws_port, transport="websockets")
         if reason:
-            return f"MQTT over WebSocket on port {self.settings.mqtt_ws_port}: {reason}"
+            return f"MQTT over WebSocket on port {self.settings.stack.mqtt_ws_port}: {reason}"
         return None

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from downlink.errors import StackError
+from core.errors import StackError
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from downlink.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 from downlink.stack.component import Component
 
 REPO_CONFIG = REPO_ROOT / "monitoring" / "prometheus.yml"
@@ -42,7 +42,7 @@ class Prometheus(Component):
 
     @property
     def ports(self) -> list[int]:
-        return [self.settings.prometheus_port]
+        return [self.settings.stack.prometheus_port]
 
     def missing(self) -> str | None:
         if shutil.which("prometheus") is None:
@@ -61,7 +61,7 @@ class Prometheus(Component):
                 "global:\n  scrape_interval: 5s\n"
                 "scrape_configs:\n"
                 "  - job_name: prometheus\n"
-                f"    static_configs:\n      - targets: ['127.0.0.1:{self.settings.prometheus_port}']\n"
+                f"    static_configs:\n      - targets: ['127.0.0.1:{self.settings.stack.prometheus_port}']\n"
             )
         return f"config {self.config_file}"
 
@@ -71,9 +71,9 @@ class Prometheus(Component):
             f"--config.file={self.config_file}",
             f"--storage.tsdb.path={self.home / 'data'}",
             "--storage.tsdb.retention.time=2d",
-            f"--web.listen-address=127.0.0.1:{self.settings.prometheus_port}",
+            f"--web.listen-address=127.0.0.1:{self.settings.stack.prometheus_port}",
             "--web.enable-lifecycle",
         ]
 
     async def probe(self) -> str | None:
-        return await probe_http(self.settings.prometheus_port, "/-/ready")
+        return await probe_http(self.settings.stack.prometheus_port, "/-/ready")

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
-from downlink import units
-from downlink.errors import SimulationError
+from core import units
+from core.errors import SimulationError
+from core.timecodes import utc_to_tai
 from streams.packets import DETECTOR_CODES
 
 #: Ka-band science downlink, 28 Mbit/s (JWST.md)
 KA_RATE_BYTES_PER_S = 3.5e6
-#: TAI - UTC since 2017 (leap seconds); the packet time code counts TAI seconds since 1958
-TAI_MINUS_UTC = 37.0
-_EPOCH_1958 = datetime(1958, 1, 1, tzinfo=timezone.utc)
 
 #: probability per eligible packet of a reorder when only ``reorder=N`` (the window) is given
 DEFAULT_REORDER_P = 0.001
@@ -29,7 +27,7 @@ _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_size(text: str) -> int:
-    """``200MB`` -> 200_000_000 (decimal units; KiB/MiB/GiB binary; :mod:`downlink.units`)."""
+    """``200MB`` -> 200_000_000 (decimal units; KiB/MiB/GiB binary; :mod:`core.units`)."""
     try:
         return units.parse_size(text)
     except ValueError as exc:
@@ -57,9 +55,7 @@ def tai_from_iso(text: str) -> float:
         dt = datetime.fromisoformat(text)
     except ValueError:
         raise SimulationError(f"start time {text!r} is not ISO 8601 (2026-03-01T12:00:00)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return (dt - _EPOCH_1958).total_seconds() + TAI_MINUS_UTC
+    return utc_to_tai(dt)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from downlink.errors import SimulationError
+from core.errors import SimulationError
 from streams.packets import (
     DETECTOR_CODES,
     EXPOSURE_END_LEN,

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Callable, Iterator
 
 import numpy as np
 
-from downlink.errors import SimulationError
+from core.errors import SimulationError
 from streams.dictionary import EngDictionary, load_dictionary
 from streams.packets import SEQ_MODULO, Source
 from streams.simulator.contact import (

@@ -10,27 +10,27 @@ from pathlib import Path
 from typing import Any
 
 
-from downlink.settings import Settings
-from consumers.service import read_to_end
-from downlink.errors import EnvelopeError
+from core.settings import Settings
+from streams.kafka import read_to_end
+from core.errors import EnvelopeError
 from streams import envelope
 
 
 def fast(settings: Settings) -> Settings:
     """Settings for tests: partial L0 written 0.5 s after end of contact, idle after 1 s."""
-    return settings.replace(l0_eoc_margin_seconds=0.5, idle_seconds=1.0)
+    return settings.replace(l0_eoc_margin_seconds=0.5, run_idle_seconds=1.0)
 
 
 def env_for(settings: Settings) -> dict[str, str]:
     """Environment that makes a `downlink` subprocess use these settings."""
     env = dict(os.environ)
     env.update({
-        "DOWNLINK_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "DOWNLINK_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
         "DOWNLINK_TOPIC_PREFIX": settings.topic_prefix,
         "DOWNLINK_DATA_DIR": str(settings.data_dir),
         "DOWNLINK_STATE_DIR": str(settings.state_dir),
-        "DOWNLINK_L0_EOC_MARGIN_SECONDS": str(settings.l0_eoc_margin_seconds),
-        "DOWNLINK_IDLE_SECONDS": str(settings.idle_seconds),
+        "DOWNLINK_L0_EOC_MARGIN_SECONDS": str(settings.l0.eoc_margin_seconds),
+        "DOWNLINK_RUN_IDLE_SECONDS": str(settings.run.idle_seconds),
     })
     return env
 

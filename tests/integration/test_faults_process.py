@@ -18,8 +18,8 @@ from collections import Counter
 
 import pytest
 
-from consumers.runner import run_services
-from downlink.verify import verify
+from consumers.framework.runner import run_services
+from products.verify import verify
 from streams.decoder import PacketIndex
 from tests.integration.helpers import cli, fast, read_all, simulate, spawn
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
-from downlink.errors import IngestError, KafkaUnavailable
-from downlink.settings import Settings
-from streams.ingest import RAW_TOPIC, IngestResult, IngestServer, ingest_file, parse_rate, parse_size, partition_for
+from core.errors import IngestError, KafkaUnavailable
+from core.settings import Settings
+from consumers.ingest import RAW_TOPIC, IngestResult, IngestServer, ingest_file, parse_rate, parse_size, partition_for
 from streams.kafka import make_admin, make_consumer
 from streams.topics import load_topics
 
@@ -99,7 +99,7 @@ def random_file(tmp_path: Path, name: str, size: int, seed: int = 0) -> tuple[Pa
 
 @pytest.fixture
 def small(settings: Settings) -> Settings:
-    return settings.replace(chunk_bytes=CHUNK)
+    return settings.replace(ingest_chunk_bytes=CHUNK)
 
 
 @pytest.mark.integration
@@ -294,7 +294,7 @@ async def test_listen_replayed_feed_resumes_without_duplicates(small: Settings, 
 @pytest.mark.integration
 async def test_cli_ingest_prints_summary_and_resumes(small: Settings, topics: dict[str, str], tmp_path: Path) -> None:
     path, data = random_file(tmp_path, "CLI1", 3 * CHUNK + 10, seed=10)
-    env = {**os.environ, "DOWNLINK_KAFKA_BOOTSTRAP": small.kafka_bootstrap, "DOWNLINK_TOPIC_PREFIX": small.topic_prefix}
+    env = {**os.environ, "DOWNLINK_KAFKA_BOOTSTRAP": small.kafka.bootstrap, "DOWNLINK_TOPIC_PREFIX": small.topic_prefix}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "downlink", *args], env=env, capture_output=True, text=True)

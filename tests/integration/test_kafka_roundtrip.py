@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from downlink.settings import Settings
+from core.settings import Settings
 from streams import envelope
 from streams.kafka import end_offsets, make_consumer, make_producer
 
@@ -172,9 +172,9 @@ async def test_message_of_max_size_round_trips(
     producer_factory: Callable[..., Awaitable[AIOKafkaProducer]],
     consumer_factory: Callable[..., Awaitable[AIOKafkaConsumer]],
 ) -> None:
-    """A value of settings.max_message_bytes (incompressible) fits producer, topic and consumer limits."""
-    topic = await topic_factory("big", partitions=1, config={"max.message.bytes": str(settings.max_message_bytes + (1 << 20))})
-    payload = os.urandom(settings.max_message_bytes)
+    """A value of settings.kafka.max_message_bytes (incompressible) fits producer, topic and consumer limits."""
+    topic = await topic_factory("big", partitions=1, config={"max.message.bytes": str(settings.kafka.max_message_bytes + (1 << 20))})
+    payload = os.urandom(settings.kafka.max_message_bytes)
     producer = await producer_factory()
     await producer.send_and_wait(topic, payload, key=b"big", headers=[("contact", b"c1")])
     consumer = await consumer_factory(topic, group="big")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from consumers.runner import run_services
-from downlink.verify import verify
+from consumers.framework.runner import run_services
+from products.verify import verify
 from monitoring import metrics
 from tests.integration.helpers import cli, fast, ingest, read_all, simulate
 
@@ -86,7 +86,7 @@ async def test_faulted_contact(settings, topics, tmp_path):
     # metrics: missing packets counted (process-global registry: compare the increase)
     assert _metric_total(metrics.SEQ_MISSING) - gaps_metric_before >= total_missing
     # the process serves them on /metrics, labelled by APID and source (never an exposure id)
-    scraped = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics_port}/metrics").read().decode()
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics.port}/metrics").read().decode()
     assert "downlink_packets_missing_total{apid=" in scraped
     assert "downlink_l0_written_total" in scraped and "jw0" not in scraped
     # ops.alerts: one gap event per gap, naming APID and first missing count

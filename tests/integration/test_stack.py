@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from downlink.errors import StackError
-from downlink.settings import Settings
+from core.errors import StackError
+from core.settings import Settings
 from downlink.stack.launcher import Stack
 from downlink.stack.process import alive, port_open
 
@@ -41,17 +41,17 @@ def free_ports(count: int) -> list[int]:
 def second_stack_settings(base: Settings, state_dir: Path) -> Settings:
     kafka, controller, mqtt, ws, prom = free_ports(5)
     return base.replace(
-        state_dir=state_dir, kafka_port=kafka, kafka_controller_port=controller,
-        kafka_bootstrap=f"127.0.0.1:{kafka}", mqtt_port=mqtt, mqtt_ws_port=ws,
-        mqtt_url=f"mqtt://127.0.0.1:{mqtt}", prometheus_port=prom,
+        state_dir=state_dir, stack_kafka_port=kafka, stack_kafka_controller_port=controller,
+        kafka_bootstrap=f"127.0.0.1:{kafka}", stack_mqtt_port=mqtt, stack_mqtt_ws_port=ws,
+        mqtt_url=f"mqtt://127.0.0.1:{mqtt}", stack_prometheus_port=prom,
     )
 
 
 def cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
-    for name in ("kafka_bootstrap", "kafka_port", "kafka_controller_port", "mqtt_url", "mqtt_port",
-                 "mqtt_ws_port", "prometheus_port", "state_dir"):
-        env[f"DOWNLINK_{name.upper()}"] = str(getattr(settings, name))
+    for name in ("kafka_bootstrap", "stack_kafka_port", "stack_kafka_controller_port", "mqtt_url",
+                 "stack_mqtt_port", "stack_mqtt_ws_port", "stack_prometheus_port", "state_dir"):
+        env[f"DOWNLINK_{name.upper()}"] = str(settings.get(name))
     env["COLUMNS"] = "200"
     return subprocess.run([sys.executable, "-m", "downlink", *args], env=env, capture_output=True, text=True, timeout=300)
 
@@ -75,7 +75,7 @@ async def test_session_stack_status_shows_healthy_components(stack: Settings) ->
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert any("component" in line and "healthy" in line and "pid" in line and "port" in line for line in lines)
-    for name, port in (("kafka", stack.kafka_port), ("mosquitto", stack.mqtt_port)):
+    for name, port in (("kafka", stack.stack.kafka_port), ("mosquitto", stack.stack.mqtt_port)):
         row = next(line for line in lines if f" {name} " in line)
         assert str(port) in row and " yes " in row
 
@@ -111,14 +111,14 @@ async def test_foreign_process_on_a_port_is_named_and_left_alone(second: Stack, 
     await only_mqtt.up(timeout=60)
     mosquitto_pid = (await only_mqtt.status())[0].pid
     intruder = Stack(second.settings.replace(state_dir=tmp_path / "intruder"), ["mosquitto"])
-    with pytest.raises(StackError, match=rf"port {second.settings.mqtt_port} needed by mosquitto is taken by pid {mosquitto_pid}"):
+    with pytest.raises(StackError, match=rf"port {second.settings.stack.mqtt_port} needed by mosquitto is taken by pid {mosquitto_pid}"):
         await intruder.up(timeout=60)
     assert await intruder.down() == []
     assert (await only_mqtt.status())[0].healthy
 
 
 async def test_crash_at_start_names_the_log_file(second: Stack) -> None:
-    broken = Stack(second.settings.replace(kafka_heap="1m"), ["kafka"])
+    broken = Stack(second.settings.replace(stack_kafka_heap="1m"), ["kafka"])
     with pytest.raises(StackError, match=r"kafka \(pid \d+\) exited during start-up; read .*kafka\.log"):
         await broken.up(timeout=60)
     assert list(broken.run_dir.glob("*.pid")) == []

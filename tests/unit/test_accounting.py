@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from consumers.accounting import ContactAccount, StreamAccount
+from consumers.demux.accounting import ContactAccount, StreamAccount
 
 
 def _reference(ext_arrivals: list[int]) -> tuple[set[int], int, int]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from downlink.errors import CodecError
+from core.errors import CodecError
 from streams.decoder import (
     REASON_BAD_VERSION,
     REASON_DETECTOR_MISMATCH,

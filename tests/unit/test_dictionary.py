@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from downlink.errors import ConfigError
+from core.errors import ConfigError
 from streams.dictionary import (
     DEFAULT_PATH,
     NOMINAL,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from downlink.errors import EnvelopeError
+from core.errors import EnvelopeError
 from streams import envelope
 
 _leaf = st.one_of(

@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from consumers.l0_assembly import Assembly
+from consumers.l0.assembly import Assembly
 from streams.decoder import decode_all
 from streams.packets import (ExposureEnd, ExposureStart, ExposureTag, Kind, encode_exposure_end,
                              encode_exposure_start, encode_science_data)

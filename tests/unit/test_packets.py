@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from downlink.errors import CodecError
+from core.errors import CodecError
 from streams.decoder import PacketIndex, decode_all
 from streams.packets import (
     DETECTORS,

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from typer.testing import CliRunner
 
-from downlink.errors import SimulationError
+from core.errors import SimulationError
 from streams.decoder import REASON_TRUNCATED_EOS, DecodedChunk, decode_all
 from streams.dictionary import load_dictionary
 from streams.packets import SEQ_MODULO, Kind
@@ -363,7 +363,7 @@ def test_accounting_matches_decoded_stream(clean, faulted):
 
 
 def test_accounting_agrees_with_the_demux_checker(faulted):
-    accounting = pytest.importorskip("consumers.accounting")
+    accounting = pytest.importorskip("consumers.demux.accounting")
     for cid, chunk in faulted.decoded.items():
         p = chunk.packets
         account = accounting.ContactAccount(cid)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from downlink.errors import ConfigError
-from downlink.settings import Settings
+from core.errors import ConfigError
+from core.settings import Settings
 from streams.topics import TopicSpec, load_topics
 
 CONTRACT_TOPICS = {
@@ -48,7 +48,7 @@ def test_repository_topics_file_declares_every_contract_topic() -> None:
     # state snapshots are compacted (latest per key); event streams expire
     assert all(s.cleanup_policy == ("compact" if n.endswith(".state") else "delete") for n, s in specs.items())
     # bulk topics accept one message of max_message_bytes
-    limit = Settings().max_message_bytes
+    limit = Settings().kafka.max_message_bytes
     for name in ("downlink.raw", "tlm.sci", "tlm.eng.recorded", "tlm.deadletter", "demux.state"):
         assert int(specs[name].config["max.message.bytes"]) > limit
 

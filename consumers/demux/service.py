@@ -27,11 +27,12 @@ import numpy as np
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers.accounting import AccountingEvent, ContactAccount
-from consumers.service import Output, Service, read_table
+from consumers.demux.accounting import AccountingEvent, ContactAccount
+from consumers.framework.service import Output, Service
+from streams.kafka import read_table
 from monitoring import metrics
 from streams import envelope
-from streams.decoder import DecodedChunk, PacketIndex, StreamDecoder
+from streams.decoder import DecodedChunk, StreamDecoder
 from streams.dictionary import load_dictionary
 from streams.packets import ExposureTag, Kind, Source
 

@@ -8,20 +8,18 @@ start, data by (integration, group, pixel offset), exposure end.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from core.timecodes import tai_to_iso
+from core.version import SOFTWARE_VERSION
+from products.l0 import MANIFEST_SCHEMA
 from streams.decoder import PacketIndex
 from streams.packets import (SEQ_MODULO, ExposureEnd, ExposureStart, ExposureTag, Kind,
                              decode_exposure_end, decode_exposure_start)
-
-_TAI_EPOCH = dt.datetime(1958, 1, 1, tzinfo=dt.timezone.utc)
-TAI_MINUS_UTC = 37.0  # seconds, valid since 2017
-
 
 def identity(index: PacketIndex) -> np.ndarray:
     """Packet identity within an exposure as one sortable int64 (canonical order)."""
@@ -29,12 +27,6 @@ def identity(index: PacketIndex) -> np.ndarray:
                          np.where(index.kind == Kind.SCIENCE_DATA, 1, 2)).astype(np.int64)
     return ((kind_rank << 60) | (index.integration.astype(np.int64) << 44)
             | (index.group.astype(np.int64) << 28) | index.pixel_offset.astype(np.int64))
-
-
-def tai_to_iso(seconds: float) -> str:
-    """Packet time (TAI seconds since 1958) as an ISO UTC string."""
-    utc = _TAI_EPOCH + dt.timedelta(seconds=seconds - TAI_MINUS_UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 @dataclass
@@ -148,7 +140,7 @@ class Assembly:
         times = index.coarse.astype(np.float64) + index.fine / 65536.0
         missing_packets = self.missing_packets(index)
         return {
-            "schema": "downlink.l0-manifest/1",
+            "schema": MANIFEST_SCHEMA, "software_version": SOFTWARE_VERSION,
             "exposure_id": self.exposure_id, "version": version,
             "program": t.program, "observation": t.observation, "visit": t.visit,
             "visit_group": t.visit_group, "parallel_seq": t.parallel_seq,

@@ -23,16 +23,15 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from downlink.errors import ConfigError, DownlinkError
-from downlink.settings import Settings
+from core.errors import DownlinkError
+from core.settings import Settings
 from monitoring import metrics
-from streams import envelope
-from streams.kafka import make_admin, make_consumer, make_producer
+from streams.kafka import make_consumer, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -236,54 +235,3 @@ class Service(abc.ABC):
             if await self.consumer.position(tp) < ends[tp]:
                 return False
         return True
-
-
-async def read_to_end(settings: Settings, topic: str) -> AsyncIterator[ConsumerRecord]:
-    """Every committed record of a logical topic, from the beginning to its current end."""
-    consumer = make_consumer(settings, group=None)
-    await consumer.start()
-    try:
-        physical = settings.topic(topic)
-        partitions = [TopicPartition(physical, p) for p in await topic_partitions(settings, physical)]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(timeout_ms=500)
-            for recs in batch.values():
-                for rec in recs:
-                    yield rec
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
-
-
-async def read_table(settings: Settings, topic: str) -> dict[str, dict[str, Any]]:
-    """Latest envelope per key of a compacted state topic (read to its end)."""
-    return {rec.key.decode(): envelope.decode(rec.value)
-            async for rec in read_to_end(settings, topic) if rec.key is not None}
-
-
-async def topic_partitions(settings: Settings, topic: str, wait: float = 10.0) -> list[int]:
-    """Partitions of a physical topic (admin metadata), waiting briefly for a just-created one.
-
-    ``AIOKafkaConsumer.partitions_for_topic`` only knows subscribed topics, so
-    unmanaged readers ask the admin API instead.
-    """
-    deadline = time.monotonic() + wait
-    admin = make_admin(settings)
-    await admin.start()
-    try:
-        while True:
-            described = await admin.describe_topics([topic])
-            info = described[0] if described else {}
-            if info.get("error_code") == 0 and info.get("partitions"):
-                return sorted(p["partition"] for p in info["partitions"])
-            if time.monotonic() >= deadline:
-                raise ConfigError(f"topic {topic!r} is missing; run `downlink topics create`")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()

@@ -54,3 +54,30 @@ class AssemblyError(DownlinkError):
 
 class VerificationError(DownlinkError):
     """L0 outputs do not match the simulator truth."""
+
+
+class StorageError(DownlinkError):
+    """A product could not be written or read on the data dir (full disk, I/O error)."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, disk_full: bool = False) -> None:
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+class ValidationError(DownlinkError):
+    """One record or packet breaks the packet format or its schema: it goes to the dead-letter
+    topic with this message as its reason; retrying cannot help."""
+
+
+class SchemaMismatch(ConfigError):
+    """A topic's schema in topics.yaml is not the one a service reads or writes."""
+
+
+class CalibrationError(DownlinkError):
+    """An uncal file or a reference context cannot be calibrated."""
+
+
+class ArchiveError(DownlinkError):
+    """The archive catalogue or its API failed."""

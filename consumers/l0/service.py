@@ -29,46 +29,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from consumers.l0_assembly import Assembly, L0Content
-from consumers.service import Output, Service, read_table
-from downlink.errors import AssemblyError
+from consumers.l0.assembly import Assembly, L0Content
+from consumers.framework.service import Output, Service
+from products.durable import durable_write
+from products.l0 import l0_paths
+from streams.kafka import read_table
+from core.errors import AssemblyError
 from monitoring import metrics
 from streams import envelope
 from streams.decoder import PacketIndex, decode_all
 
 log = logging.getLogger(__name__)
-
-
-def l0_paths(data_dir: Path, exposure_id: str, version: int | None = None) -> tuple[Path, Path]:
-    """Deterministic file names; ``version`` names a superseded copy."""
-    folder = Path(data_dir) / exposure_id[:7]
-    stem = f"{exposure_id}_l0" if version is None else f"{exposure_id}_l0.v{version}"
-    return folder / f"{stem}.dat", folder / f"{stem}.json"
-
-
-def durable_write(path: Path, data: bytes | list[memoryview]) -> None:
-    """Temp file, fsync, atomic rename, directory fsync: the file is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.writelines([data] if isinstance(data, bytes) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -150,12 +128,12 @@ class L0Assembler(Service):
 
     async def tick(self) -> list[Output]:
         now = time.monotonic()
-        margin = self.settings.l0_eoc_margin_seconds
+        margin = self.settings.l0.eoc_margin_seconds
         outputs: list[Output] = []
         for exposure_id, entry in sorted(self.open.items()):
             ends = [self.contact_end.get(c) for c in entry.assembly.contacts]
             contacts_over = bool(ends) and all(e is not None and now - e >= margin for e in ends)
-            if contacts_over or now - entry.last_update >= self.settings.l0_quiet_seconds:
+            if contacts_over or now - entry.last_update >= self.settings.l0.quiet_seconds:
                 outputs += await self._finish(exposure_id)
         metrics.OPEN_EXPOSURES.set(len(self.open))
         return outputs

@@ -7,14 +7,13 @@ incomplete and list exactly the packets the truth says were never delivered.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consumers.l0 import l0_paths
-from downlink.errors import VerificationError
+from products.l0 import exposure_of_manifest, iter_manifests, l0_paths, sha256_file
+from core.errors import VerificationError
 
 
 @dataclass
@@ -46,14 +45,6 @@ def _identity(p: dict[str, Any]) -> tuple[int, int, int, int]:
     return (p["kind"], 0, 0, 0)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_truth(path: Path) -> dict[str, Any]:
     try:
         truth = json.loads(Path(path).read_text())
@@ -78,7 +69,7 @@ def verify(truth: dict[str, Any], data_dir: Path) -> Verification:
         manifest = json.loads(manifest_path.read_text())
         found = "complete" if manifest["complete"] else "partial"
         problems = []
-        sha = _sha256(data_path)
+        sha = sha256_file(data_path)
         if sha != manifest["sha256"]:
             problems.append("file sha256 differs from its manifest")
         if want == "complete":
@@ -96,8 +87,8 @@ def verify(truth: dict[str, Any], data_dir: Path) -> Verification:
                                 f"manifest-only {sorted(listed - lost)[:3]}")
         result.rows.append(Row(exposure_id, want, found, manifest.get("version"), not problems,
                                "; ".join(problems)))
-    for manifest_path in sorted(Path(data_dir).glob("jw*/*_l0.json")):
-        exposure_id = manifest_path.name[: -len("_l0.json")]
+    for manifest_path in iter_manifests(data_dir):
+        exposure_id = exposure_of_manifest(manifest_path)
         if exposure_id not in expected_ids:
             result.rows.append(Row(exposure_id, "-", "unexpected", None, False, "not in truth"))
     return result

@@ -14,23 +14,16 @@ import logging
 import signal
 import time
 
-from consumers.demux import Demux
-from consumers.l0 import L0Assembler
-from consumers.service import Service
-from downlink.errors import ConfigError
-from downlink.settings import Settings
+from consumers.framework import registry
+from consumers.framework.service import Service
+from core.settings import Settings
 from monitoring import metrics
 
 log = logging.getLogger(__name__)
 
-SERVICES: dict[str, type[Service]] = {"demux": Demux, "l0": L0Assembler}
-
-
 def build(settings: Settings, names: list[str], instance: str | None = None) -> list[Service]:
-    unknown = [n for n in names if n not in SERVICES]
-    if unknown:
-        raise ConfigError(f"unknown consumer(s) {unknown}; choose from {sorted(SERVICES)}")
-    return [SERVICES[n](settings, instance=instance) for n in names]
+    classes = [registry.load(n) for n in names]  # unknown names fail before anything starts
+    return [cls(settings, instance=instance) for cls in classes]
 
 
 async def _idle(services: list[Service], idle_seconds: float) -> None:
@@ -54,7 +47,7 @@ async def run_services(settings: Settings, names: list[str], *, until_idle: bool
                        instance: str | None = None) -> int:
     """Start, supervise and stop services; returns the process exit status."""
     services = build(settings, names, instance)
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics.port, settings.metrics.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,7 +62,7 @@ async def run_services(settings: Settings, names: list[str], *, until_idle: bool
         tasks = {asyncio.create_task(s.run(), name=f"service:{s.name}") for s in services}
         waiters = {asyncio.create_task(stop.wait(), name="signal")}
         if until_idle:
-            waiters.add(asyncio.create_task(_idle(services, settings.idle_seconds), name="idle"))
+            waiters.add(asyncio.create_task(_idle(services, settings.run.idle_seconds), name="idle"))
         done, _ = await asyncio.wait(tasks | waiters, return_when=asyncio.FIRST_COMPLETED)
         for task in done & tasks:
             exc = task.exception() if not task.cancelled() else None

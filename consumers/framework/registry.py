@@ -1,0 +1,47 @@
+"""The one list of services: name -> where its class lives (imported only when it starts).
+
+The runner, ``downlink consumer NAME``, the compose file and the benchmarks
+all read this table, so a new service is one line here. Lazy imports keep a
+process small: ``downlink consumer demux`` loads no astropy, SQLAlchemy or
+FastAPI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from consumers.framework.service import Service
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    #: "package.module:Class"
+    target: str
+    #: started by ``downlink run`` when no ``--only`` is given
+    default: bool = True
+    description: str = ""
+
+
+SERVICES: dict[str, ServiceSpec] = {spec.name: spec for spec in (
+    ServiceSpec("demux", "consumers.demux.service:Demux", description="raw chunks -> telemetry topics"),
+    ServiceSpec("l0", "consumers.l0.service:L0Assembler", description="science runs -> L0 files"),
+)}
+
+
+def names(default_only: bool = False) -> list[str]:
+    return [n for n, s in SERVICES.items() if s.default or not default_only]
+
+
+def load(name: str) -> type["Service"]:
+    """The service class registered under ``name`` (imports its module now)."""
+    spec = SERVICES.get(name)
+    if spec is None:
+        raise ConfigError(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
+    module, _, cls = spec.target.partition(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,174 @@
+"""TCP listener for ground-station feeds: one connection = one contact."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Callable
+
+from aiokafka import AIOKafkaProducer
+
+from core.errors import IngestError
+from core.settings import Settings
+
+
+from consumers.ingest.publish import IngestResult, Progress, no_progress, started_producer, locate, publish
+from consumers.ingest.resume import raw_partition
+from consumers.ingest.sources import StreamSource
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------- TCP feed
+
+#: progress factory for socket ingest: called with the contact id, returns that contact's callback
+ProgressFactory = Callable[[str], Progress]
+
+
+class IngestServer:
+    """TCP server for ground-station feeds: one connection = one contact, end of connection = end of contact.
+
+    Contact ids: with ``once`` and a ``contact``, that id; otherwise
+    ``<base>-<n>`` for the n-th connection (n = 001, 002, ...), base = ``contact``
+    or ``tcp-<server start, UTC>``. A restarted server with the same ``contact``
+    therefore names connections as before, so a feed that replays its contacts
+    from their first byte resumes instead of duplicating. A connection reset
+    (not a clean close) leaves the contact without end-of-contact marker.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        host: str,
+        port: int,
+        contact: str | None = None,
+        *,
+        once: bool = False,
+        progress_factory: ProgressFactory | None = None,
+        on_result: Callable[[IngestResult], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.on_result = on_result
+        self.host, self.port = host, port
+        self.once = once
+        self.contact = contact
+        self.base = contact or "tcp-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self.progress_factory = progress_factory
+        self.results: list[IngestResult] = []
+        self.address: tuple[str, int] | None = None
+        self._server: asyncio.Server | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._connections = 0
+        self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def contact_id(self, n: int) -> str:
+        """Id of the n-th connection (1-based)."""
+        if self.once and self.contact:
+            return self.contact
+        return f"{self.base}-{n:03d}"
+
+    async def start(self) -> None:
+        """Connect the producer, check the topic exists, then listen."""
+        self._producer = await started_producer(self.settings)
+        try:
+            await raw_partition(self.settings, "")  # fails early on a missing topic
+            self._server = await asyncio.start_server(self._on_connection, self.host, self.port)
+        except BaseException:
+            await self._producer.stop()
+            raise
+        sockname = self._server.sockets[0].getsockname()
+        self.address = (sockname[0], sockname[1])
+        log.info("listening for ground-station feeds on %s:%d", *self.address)
+
+    async def stop(self) -> None:
+        """Stop listening, cancel and await open connections, then close the producer."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._producer is not None:
+            await self._producer.stop()
+        if not self._done.done():
+            self._done.cancel()
+
+    async def __aenter__(self) -> "IngestServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def wait(self) -> list[IngestResult]:
+        """Until the first connection ends (``once``) or forever; re-raises a ``once`` connection's error."""
+        await self._done
+        return self.results
+
+    def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.once and self._connections:
+            writer.close()  # a --once server takes a single feed
+            return
+        self._connections += 1
+        contact = self.contact_id(self._connections)
+        task = asyncio.create_task(self._serve(contact, reader, writer), name=f"ingest:{contact}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, contact: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        extra = {"contact": contact, "peer": str(peer)}
+        log.info("feed connected", extra=extra)
+        try:
+            assert self._producer is not None
+            tp, resume = await locate(self.settings, contact)
+            progress = self.progress_factory(contact) if self.progress_factory else no_progress
+            result = await publish(
+                self.settings, self._producer, tp, contact, StreamSource(reader), resume, progress=progress
+            )
+            self.results.append(result)
+            log.info("%s", result.summary(), extra=extra)
+            if self.on_result is not None:
+                self.on_result(result)
+            if self.once and not self._done.done():
+                self._done.set_result(None)
+        except ConnectionError as exc:
+            log.warning("feed connection lost (%s); contact left open for a resume", exc, extra=extra)
+            if self.once and not self._done.done():
+                self._done.set_exception(IngestError(f"feed of contact {contact!r} lost: {exc}"))
+        except Exception as exc:
+            log.error("ingest of feed failed: %s", exc, extra=extra)
+            if self.once and not self._done.done():
+                self._done.set_exception(exc)
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except ConnectionError:
+                pass
+
+
+async def ingest_socket(
+    settings: Settings,
+    host: str,
+    port: int,
+    contact: str | None = None,
+    *,
+    once: bool = False,
+    progress_factory: ProgressFactory | None = None,
+    on_listening: Callable[[tuple[str, int]], None] | None = None,
+    on_result: Callable[[IngestResult], None] | None = None,
+) -> list[IngestResult]:
+    """Serve ground-station feeds on ``host:port`` (see :class:`IngestServer`).
+
+    Returns the results after the first connection with ``once``; otherwise
+    serves until cancelled.
+    """
+    async with IngestServer(
+        settings, host, port, contact, once=once, progress_factory=progress_factory, on_result=on_result
+    ) as server:
+        assert server.address is not None
+        if on_listening is not None:
+            on_listening(server.address)
+        return await server.wait()
