@@ -28,6 +28,26 @@ RAW_TO_L0 = Histogram(
 CONSUMER_LAG = Gauge("downlink_consumer_lag_messages", "Messages not yet consumed", ["consumer", "topic"])
 TRANSACTIONS = Counter("downlink_transactions_total", "Kafka transactions committed", ["consumer"])
 CONSUMER_UP = Gauge("downlink_consumer_up", "1 while a consumer's task runs", ["consumer"])
+DEADLETTER_RECORDS = Counter("downlink_deadletter_records_total",
+                             "Records a service could not use, sent to the dead-letter topic",
+                             ["service", "reason"])
+RETRIES = Counter("downlink_retries_total", "Batches redone after a transient failure",
+                  ["service", "reason"])
+REALTIME_PUBLISHED = Counter("downlink_realtime_published_total", "MQTT messages published by realtime",
+                             ["kind"])  # eng | alert | status
+REALTIME_SUPERSEDED = Counter("downlink_realtime_superseded_total",
+                              "Parameter values replaced by a newer one before they could be published")
+REALTIME_DUPLICATES = Counter("downlink_realtime_duplicates_total",
+                              "Real-time packets dropped as repeats of ones already seen", ["apid"])
+REALTIME_ALERTS_DROPPED = Counter("downlink_realtime_alerts_dropped_total",
+                                  "Alerts dropped because the queue was full while the broker was away")
+REALTIME_LIMIT_TRANSITIONS = Counter("downlink_realtime_limit_transitions_total",
+                                     "Limit state changes", ["level"])
+REALTIME_CONNECTED = Gauge("downlink_realtime_mqtt_connected", "1 while realtime is connected to the broker")
+REALTIME_LATENCY = Histogram(
+    "downlink_realtime_latency_seconds", "Raw chunk produced to its engineering value published on MQTT",
+    buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 
 
 def serve(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> None:

@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.codec import has_lz4
 from aiokafka.structs import ConsumerRecord
 
-from core.errors import ConfigError, KafkaUnavailable
+from core.errors import ConfigError, EnvelopeError, KafkaUnavailable
 from core.settings import Settings
 from streams import envelope
 
@@ -176,17 +176,23 @@ async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-async def read_to_end(settings: Settings, topic: str) -> AsyncIterator[ConsumerRecord]:
-    """Every committed record of a logical topic, from the beginning to its current end."""
+async def read_to_end(settings: Settings, topic: str,
+                      partitions: set[int] | None = None) -> AsyncIterator[ConsumerRecord]:
+    """Every committed record of a logical topic (or of some of its partitions), from the
+    beginning to its current end."""
+    wanted = partitions
     consumer = make_consumer(settings, group=None)
-    await consumer.start()
+    await start_client(settings, consumer)
     try:
         physical = settings.topic(topic)
-        partitions = [TopicPartition(physical, p) for p in await topic_partitions(settings, physical)]
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        remaining = {tp for tp in partitions if ends[tp] > 0}
+        tps = [TopicPartition(physical, p) for p in await topic_partitions(settings, physical)
+               if wanted is None or p in wanted]
+        if not tps:
+            return
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
         while remaining:
             batch = await consumer.getmany(timeout_ms=500)
             for recs in batch.values():
@@ -199,10 +205,28 @@ async def read_to_end(settings: Settings, topic: str) -> AsyncIterator[ConsumerR
         await consumer.stop()
 
 
-async def read_table(settings: Settings, topic: str) -> dict[str, dict[str, Any]]:
-    """Latest envelope per key of a compacted state topic (read to its end)."""
-    return {rec.key.decode(): envelope.decode(rec.value)
-            async for rec in read_to_end(settings, topic) if rec.key is not None}
+async def read_table(settings: Settings, topic: str, cls: Any = None,
+                     partitions: set[int] | None = None) -> dict[str, Any]:
+    """Latest value per key of a compacted state topic (read to its end).
+
+    With ``cls`` (a :class:`streams.messages.Message` class) values are typed
+    messages, else envelope dicts. A tombstone deletes its key; a value that
+    cannot be decoded is skipped with a warning (it cannot be state).
+    """
+    table: dict[str, Any] = {}
+    async for rec in read_to_end(settings, topic, partitions=partitions):
+        if rec.key is None:
+            continue
+        key = rec.key.decode("utf-8", "replace")
+        if rec.value is None:
+            table.pop(key, None)
+            continue
+        try:
+            table[key] = cls.decode(rec.value) if cls is not None else envelope.decode(rec.value)
+        except EnvelopeError as exc:
+            log.warning("undecodable state record skipped", extra={
+                "topic": topic, "partition": rec.partition, "offset": rec.offset, "error": str(exc)})
+    return table
 
 
 async def topic_partitions(settings: Settings, topic: str, wait: float = 10.0) -> list[int]:

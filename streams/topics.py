@@ -49,6 +49,11 @@ class TopicSpec:
     schema: str
     config: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def schemas(self) -> frozenset[str]:
+        """Envelope schemas the topic carries (``schema: a, b`` declares several)."""
+        return frozenset(part.strip() for part in self.schema.split(",") if part.strip())
+
     def kafka_configs(self) -> dict[str, str]:
         """Every topic-level config this declaration fixes, as Kafka strings."""
         return {"retention.ms": str(self.retention_ms), "cleanup.policy": self.cleanup_policy, **self.config}

@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 
 from consumers.demux.accounting import AccountingEvent, ContactAccount
-from consumers.framework.service import Output, Service
-from streams.kafka import read_table
+from consumers.framework.service import Input, Output, Record
+from consumers.framework.transactional import TransactionalService
+from streams.kafka import read_table, topic_partitions
 from monitoring import metrics
-from streams import envelope
+from streams.messages import DeadLetter, DemuxState, EngBatch, OpsAlert, SciEoc, SciRun
 from streams.decoder import DecodedChunk, StreamDecoder
 from streams.dictionary import load_dictionary
 from streams.packets import ExposureTag, Kind, Source
@@ -54,21 +54,17 @@ class ContactState:
     def next_offset(self) -> int:
         return self.decoder.next_offset
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"contact": self.contact, "next_offset": self.decoder.next_offset,
-                "carry": self.decoder.carry, "open_skip": self.decoder.open_skip,
-                "account": self.account.to_dict()}
+    def snapshot(self) -> DemuxState:
+        return DemuxState(contact=self.contact, next_offset=self.decoder.next_offset,
+                          carry=self.decoder.carry, open_skip=self.decoder.open_skip,
+                          account=self.account.to_dict())
 
     @classmethod
-    def restore(cls, snap: dict[str, Any], eng_lengths: dict[int, int]) -> "ContactState":
-        carry = snap["carry"]
-        decoder = StreamDecoder(eng_lengths, stream_offset=snap["next_offset"] - len(carry),
-                                carry=carry, open_skip=snap.get("open_skip"))
-        return cls(snap["contact"], decoder, ContactAccount.from_dict(snap["account"]))
-
-
-def _headers(rec: ConsumerRecord) -> dict[str, str]:
-    return {k: v.decode() for k, v in (rec.headers or ())}
+    def restore(cls, snap: DemuxState, eng_lengths: dict[int, int]) -> "ContactState":
+        carry = bytes(snap.carry)
+        decoder = StreamDecoder(eng_lengths, stream_offset=snap.next_offset - len(carry),
+                                carry=carry, open_skip=snap.open_skip)
+        return cls(snap.contact, decoder, ContactAccount.from_dict(snap.account))
 
 
 def _extract(decoded: DecodedChunk, idx: np.ndarray) -> tuple[bytes, bytes]:
@@ -92,9 +88,12 @@ def _groups(keys: np.ndarray) -> list[np.ndarray]:
     return np.split(order, bounds)
 
 
-class Demux(Service):
+class Demux(TransactionalService):
     name = "demux"
-    inputs = ("downlink.raw",)
+    inputs = (Input("downlink.raw"),)
+    outputs = {"tlm.eng.realtime": (EngBatch,), "tlm.eng.recorded": (EngBatch,),
+               "tlm.sci": (SciRun, SciEoc), "tlm.deadletter": (DeadLetter,),
+               "ops.alerts": (OpsAlert,), "demux.state": (DemuxState,)}
     max_records = 64
     partition_fetch_bytes = 64 << 20  # a contact lives in one partition: fetch deep into it
 
@@ -104,32 +103,29 @@ class Demux(Service):
         self.contacts: dict[str, ContactState] = {}
         self.sci_partitions = 1
 
-    async def start(self) -> None:
-        await super().start()
-        assert self.producer is not None
-        parts = await self.producer.partitions_for(self.settings.topic("tlm.sci"))
-        self.sci_partitions = len(parts)
+    async def on_start(self) -> None:
+        self.sci_partitions = len(await topic_partitions(self.settings, self.settings.topic("tlm.sci")))
+        await super().on_start()
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         await super().on_assigned(assigned)
-        table = await read_table(self.settings, "demux.state")
+        table = await read_table(self.settings, "demux.state", DemuxState)
         self.contacts = {c: ContactState.restore(s, self.eng_lengths) for c, s in table.items()}
         log.info("demux state loaded", extra={"contacts": len(self.contacts)})
 
-    async def process(self, records: list[tuple[TopicPartition, list[ConsumerRecord]]]) -> list[Output]:
-        flat = [rec for _, recs in records for rec in recs]
-        outputs, touched = await asyncio.to_thread(self._process_records, flat)
-        outputs += [Output("demux.state", envelope.encode("demux.state", self.contacts[c].snapshot()),
-                           key=c.encode()) for c in sorted(touched)]
+    async def process(self, records: list[Record]) -> list[Output]:
+        outputs, touched = await asyncio.to_thread(self._process_records, records)
+        outputs += [Output("demux.state", self.contacts[c].snapshot(), key=c.encode())
+                    for c in sorted(touched)]
         return outputs
 
     # the rest runs in a worker thread: pure CPU, no awaits ------------------
-    def _process_records(self, records: list[ConsumerRecord]) -> tuple[list[Output], set[str]]:
+    def _process_records(self, records: list[Record]) -> tuple[list[Output], set[str]]:
         realtime: list[Output] = []
         bulk: list[Output] = []
         touched: set[str] = set()
         for rec in records:
-            h = _headers(rec)
+            h = rec.headers
             contact = h.get("contact") or (rec.key or b"unknown").decode()
             state = self.contacts.get(contact)
             if state is None:
@@ -180,7 +176,7 @@ class Demux(Service):
             self._discontinuity(state, total, bulk)
         self._route(state, state.decoder.flush(), 0, bulk, bulk)
         state.account.ended = True
-        body = envelope.encode("tlm.sci.eoc", {"contact": state.contact, "bytes": state.next_offset})
+        body = SciEoc(contact=state.contact, bytes=state.next_offset)
         for p in range(self.sci_partitions):
             bulk.append(Output("tlm.sci", body, key=state.contact.encode(), partition=p))
         report = state.account.report()
@@ -200,9 +196,9 @@ class Demux(Service):
             state.account.resyncs += 1
             metrics.DEADLETTER_BYTES.labels(skip.reason.split(":")[0][:40]).inc(len(skip.data))
             metrics.RESYNCS.labels(skip.reason.split(":")[0][:40]).inc()
-            bulk.append(Output("tlm.deadletter", envelope.encode("tlm.deadletter", {
-                "contact": contact, "stream_offset": skip.stream_offset, "length": len(skip.data),
-                "reason": skip.reason, "data": skip.data}), key=key))
+            bulk.append(Output("tlm.deadletter", DeadLetter(
+                reason=skip.reason, data=skip.data, contact=contact, stream_offset=skip.stream_offset,
+                length=len(skip.data), time=time.time()), key=key))
             bulk.append(self._alert(contact, "resync", "warning", stream_offset=skip.stream_offset,
                                     count=len(skip.data), reason=skip.reason))
         pk = decoded.packets
@@ -226,9 +222,9 @@ class Demux(Service):
                 idx = sel[group]
                 apid = int(pk.apid[idx[0]])
                 packets, index = _extract(decoded, idx)
-                out.append(Output(topic, envelope.encode("tlm.eng.batch", {
-                    "contact": contact, "apid": apid, "source": int(source), "raw_ts": raw_ts,
-                    "packets": packets, "index": index}), key=str(apid).encode()))
+                out.append(Output(topic, EngBatch(
+                    contact=contact, apid=apid, source=int(source), raw_ts=raw_ts,
+                    packets=packets, index=index), key=str(apid).encode()))
         sel = np.flatnonzero(~eng)
         if len(sel):
             tags = np.stack([getattr(pk, f)[sel].astype(np.int64) for f in TAG_FIELDS], axis=1)
@@ -236,9 +232,9 @@ class Demux(Service):
                 idx = sel[group]
                 exposure_id = ExposureTag(*tags[group[0]].tolist()).exposure_id
                 packets, index = _extract(decoded, idx)
-                bulk.append(Output("tlm.sci", envelope.encode("tlm.sci.run", {
-                    "contact": contact, "exposure_id": exposure_id, "raw_ts": raw_ts,
-                    "packets": packets, "index": index}), key=exposure_id.encode()))
+                bulk.append(Output("tlm.sci", SciRun(
+                    contact=contact, exposure_id=exposure_id, raw_ts=raw_ts,
+                    packets=packets, index=index), key=exposure_id.encode()))
 
     @staticmethod
     def _count(event: AccountingEvent) -> None:
@@ -253,5 +249,9 @@ class Demux(Service):
 
     @staticmethod
     def _alert(contact: str, type_: str, severity: str, **fields: Any) -> Output:
-        body = {"contact": contact, "type": type_, "severity": severity, "time": time.time(), **fields}
-        return Output("ops.alerts", envelope.encode("ops.alert", body), key=contact.encode())
+        known = set(OpsAlert.__dataclass_fields__) - {"contact", "type", "severity", "time", "detail"}
+        detail = {k: v for k, v in fields.items() if k not in known}
+        body = {k: v for k, v in fields.items() if k in known}
+        alert = OpsAlert(contact=contact, type=type_, severity=severity, time=time.time(),
+                         detail=detail, **body)
+        return Output("ops.alerts", alert, key=contact.encode())

@@ -43,6 +43,17 @@ async def _idle(services: list[Service], idle_seconds: float) -> None:
             return
 
 
+async def _watch_health(services: list[Service]) -> None:
+    """Return (ending the run) once an owned task of any service died: no zombie process."""
+    while True:
+        await asyncio.sleep(0.5)
+        for s in services:
+            if not s.healthy:
+                log.error("service unhealthy; stopping all", extra={"service": s.name,
+                                                                     "error": repr(s._fatal)})
+                return
+
+
 async def run_services(settings: Settings, names: list[str], *, until_idle: bool = False,
                        instance: str | None = None) -> int:
     """Start, supervise and stop services; returns the process exit status."""
@@ -60,7 +71,8 @@ async def run_services(settings: Settings, names: list[str], *, until_idle: bool
             await s.start()
             started.append(s)
         tasks = {asyncio.create_task(s.run(), name=f"service:{s.name}") for s in services}
-        waiters = {asyncio.create_task(stop.wait(), name="signal")}
+        waiters = {asyncio.create_task(stop.wait(), name="signal"),
+                   asyncio.create_task(_watch_health(services), name="health")}
         if until_idle:
             waiters.add(asyncio.create_task(_idle(services, settings.run.idle_seconds), name="idle"))
         done, _ = await asyncio.wait(tasks | waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -69,7 +81,13 @@ async def run_services(settings: Settings, names: list[str], *, until_idle: bool
             log.error("service task ended unexpectedly; stopping all",
                       extra={"task": task.get_name(), "error": repr(exc)}, exc_info=exc)
             status = 1
-        for task in tasks | waiters:
+        if any(t.get_name() == "health" for t in done):
+            status = 1
+        # graceful first: each loop finishes its unit of work; then whatever is left is cancelled
+        for s in services:
+            await s.request_stop()
+        _, late = await asyncio.wait(tasks, timeout=settings.kafka.revoke_timeout_seconds)
+        for task in late | waiters:
             task.cancel()
         await asyncio.gather(*tasks, *waiters, return_exceptions=True)
     finally:

@@ -1,18 +1,24 @@
-"""What every consumer service shares: lifecycle, the transactional commit, state tables.
+"""What every service shares: one lifecycle, typed records, dead-lettering, priorities.
 
-A service consumes one or more topics in a consumer group and, per fetched batch,
-runs one Kafka transaction (STYLE.md, commit order):
+A service declares its ``inputs`` (topic, accepted message classes, priority)
+and ``outputs`` (topic -> message classes). At start it checks that those
+topics exist and that topics.yaml's ``schema:`` names the classes it expects
+(a mismatch refuses to start, naming the topic and both schemas). Records are
+decoded here into typed messages (:mod:`streams.messages`); a record that
+cannot be decoded becomes a :class:`~streams.messages.DeadLetter` with its
+source topic, partition, offset and reason, and is committed past: one bad
+record never stops a service.
 
-1. make every file effect durable (temp file, fsync, atomic rename) — done by
-   the service's ``process`` before it returns its outputs;
-2. produce the output messages and the service's state-table records;
-3. add the consumed offsets to the transaction (``send_offsets_to_transaction``);
-4. commit the transaction.
+Lifecycle (aiokafka's rule): ``start()`` once; ``stop()`` cancels and awaits
+every task the service owns (``spawn``) and closes its clients; a start that
+fails half-way releases what it had opened. ``healthy`` turns false when an
+owned task dies, so the runner stops the process (no zombie).
 
-Readers use ``read_committed``, so a crash anywhere before step 4 leaves no
-visible output and the batch is processed again; a crash after it has nothing
-left to redo. The transactional id is stable per (service, instance), so a
-restarted instance fences its dead predecessor at once.
+The kinds built on this base: :class:`~consumers.framework.transactional.
+TransactionalService` (Kafka in -> Kafka out, exactly once),
+:class:`~consumers.framework.sink.SinkService` (Kafka in -> an idempotent
+external effect) and :class:`~consumers.framework.server.ServerService` (an
+HTTP app).
 """
 
 from __future__ import annotations
@@ -22,108 +28,141 @@ import asyncio
 import contextlib
 import logging
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-
+from typing import Any, Callable, ClassVar, Coroutine
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
-from core.errors import DownlinkError
+from core.errors import ConfigError, DownlinkError, EnvelopeError, SchemaMismatch
 from core.settings import Settings
 from monitoring import metrics
-from streams.kafka import make_consumer, make_producer
+from streams import messages
+from streams.kafka import make_consumer, start_client, topic_partitions
+from streams.messages import DeadLetter, Message
 
 log = logging.getLogger(__name__)
+
+RAW_BYTES = "raw-bytes"
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input topic: the message classes accepted there (``()`` = raw bytes) and its priority.
+
+    Lower ``priority`` is more urgent: while a more urgent input has records
+    waiting, the partitions of less urgent ones are paused.
+    """
+
+    topic: str
+    messages: tuple[type[Message], ...] = ()
+    priority: int = 0
+
+    @property
+    def schemas(self) -> frozenset[str]:
+        return frozenset(m.SCHEMA for m in self.messages) if self.messages else frozenset({RAW_BYTES})
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed record, decoded."""
+
+    topic: str  # logical name
+    tp: TopicPartition
+    offset: int
+    key: bytes | None
+    value: Any  # a Message, or bytes for a raw input
+    headers: dict[str, str]
+    timestamp: int
 
 
 @dataclass
 class Output:
-    """One message to produce in the batch's transaction."""
+    """One message to produce (a typed message or raw bytes)."""
 
     topic: str  # logical name
-    value: bytes
+    value: Message | bytes
     key: bytes | None = None
     partition: int | None = None
     headers: list[tuple[str, bytes]] | None = None
 
+    def payload(self) -> bytes:
+        return self.value.encode() if isinstance(self.value, Message) else self.value
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, service: "Service") -> None:
-        self.service = service
 
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # wait for the batch in flight: its transaction holds these partitions' offsets
-        async with self.service._batch_lock:
-            await self.service.drain()
-            await self.service.on_revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        async with self.service._batch_lock:
-            try:
-                await self.service.on_assigned(set(assigned))
-            except Exception as exc:
-                # aiokafka only logs listener errors; processing without our state would be wrong
-                self.service._fatal = exc
-                raise
+def check_schemas(service: str, wanted: dict[str, frozenset[str]], specs: dict[str, Any],
+                  where: str) -> None:
+    """Refuse a topic that is undeclared, or declared with schemas other than the ones wanted."""
+    for topic, schemas in sorted(wanted.items()):
+        spec = specs.get(topic)
+        if spec is None:
+            raise ConfigError(f"{service}: topic {topic!r} is not declared in {where}")
+        if not schemas <= spec.schemas:
+            raise SchemaMismatch(
+                f"{service}: topic {topic!r} carries schema {spec.schema!r} in {where}, but this "
+                f"service expects {', '.join(sorted(schemas))!r}; fix topics.yaml or upgrade the service")
 
 
 class Service(abc.ABC):
-    """Base of the consumer services (demux, l0, ...)."""
+    """Base of every service kind."""
 
-    name: str = "service"
-    inputs: tuple[str, ...] = ()
-    #: batch limits for getmany
-    max_records: int = 64
-    fetch_timeout_ms: int = 200
-    #: bytes fetched per partition and request (None: one largest message, the factory default)
-    partition_fetch_bytes: int | None = None
+    name: ClassVar[str] = "service"
+    inputs: ClassVar[tuple[Input, ...]] = ()
+    #: topic -> message classes this service writes (checked against topics.yaml at start)
+    outputs: ClassVar[dict[str, tuple[type[Message], ...]]] = {}
+    #: worker processes for ``run_cpu`` (0 = none needed)
+    cpu_workers: ClassVar[int] = 0
 
     def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
         self.settings = settings
         self.instance = instance or settings.instance
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer = None
-        self._batch_lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
+        self.lifecycle = "new"  # new | starting | running | stopping | stopped | failed
+        self._tasks: set[asyncio.Task] = set()
         self._fatal: BaseException | None = None
-        self._pending: asyncio.Task | None = None
-        #: file writes of the current batch; its transaction waits for them (``defer_durable``)
-        self._durable: list[asyncio.Future] = []
-        self.assigned: set[TopicPartition] = set()
-        self.last_activity = time.monotonic()
+        self._stopping = asyncio.Event()
+        self._pool: ProcessPoolExecutor | None = None
 
-    # lifecycle -----------------------------------------------------------
+    # lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        self.producer = make_producer(
-            self.settings, transactional_id=f"downlink.{self.name}.{self.instance}",
-            transaction_timeout_ms=30_000,
-            compression_type=self.settings.compression_type(bulk=True))
-        await self.producer.start()
-        fetch = ({"max_partition_fetch_bytes": self.partition_fetch_bytes,
-                  "fetch_max_bytes": 2 * self.partition_fetch_bytes}
-                 if self.partition_fetch_bytes else {})
-        # static membership: a restarted instance (same --instance) takes its partitions back
-        # at once instead of waiting for its dead predecessor's session to expire
-        self.consumer = make_consumer(self.settings, group=self.settings.group(self.name),
-                                      group_instance_id=f"{self.settings.group(self.name)}.{self.instance}",
-                                      max_poll_interval_ms=600_000, session_timeout_ms=15_000,
-                                      heartbeat_interval_ms=2_000, **fetch)
-        await self.consumer.start()
-        self.consumer.subscribe([self.settings.topic(t) for t in self.inputs],
-                                listener=_Rebalance(self))
+        if self.lifecycle != "new":
+            raise DownlinkError(f"{self.name}: start() called twice")
+        self.lifecycle = "starting"
+        try:
+            await self.check_topics()
+            await self.on_start()
+        except BaseException:
+            self.lifecycle = "failed"
+            await self._release()
+            raise
+        self.lifecycle = "running"
         metrics.CONSUMER_UP.labels(self.name).set(1)
         log.info("service started", extra={"service": self.name, "instance": self.instance})
 
+    async def request_stop(self) -> None:
+        """Ask the main loop to finish its current unit of work and return (graceful stop)."""
+        self._stopping.set()
+
     async def stop(self) -> None:
+        if self.lifecycle in ("stopping", "stopped"):
+            return
+        self.lifecycle = "stopping"
         self._stopping.set()
         metrics.CONSUMER_UP.labels(self.name).set(0)
-        if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                await self.consumer.stop()
-        if self.producer is not None:
-            with contextlib.suppress(Exception):
-                await self.producer.stop()
-        await self.close()
+        await self._release()
+        self.lifecycle = "stopped"
+
+    async def _release(self) -> None:
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     async def __aenter__(self) -> "Service":
         await self.start()
@@ -132,102 +171,201 @@ class Service(abc.ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def run(self) -> None:
-        """Fetch, process and commit batches until stopped.
+    @property
+    def healthy(self) -> bool:
+        """False once an owned task died or the service failed."""
+        return self._fatal is None and self.lifecycle in ("starting", "running")
 
-        The transaction of batch N commits while batch N+1 is fetched and
-        processed (CPU in a worker thread), so produce latency and decoding
-        overlap; transactions themselves stay strictly in order.
-        """
-        assert self.consumer is not None
-        try:
-            while not self._stopping.is_set():
-                batch = await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms,
-                                                    max_records=self.max_records)
-                async with self._batch_lock:
-                    if self._fatal is not None:
-                        raise DownlinkError(
-                            f"{self.name}: partition assignment failed: {self._fatal!r}; "
-                            "the service stops rather than run without its state") from self._fatal
-                    records = [(tp, recs) for tp, recs in batch.items()
-                               if recs and tp in self.assigned]
-                    outputs = await self.process(records) if records else []
-                    outputs += await self.tick()
-                    await self.drain()
-                    if records or outputs:
-                        self.last_activity = time.monotonic()
-                        offsets = self.commit_offsets(
-                            {tp: recs[-1].offset + 1 for tp, recs in records})
-                        durable, self._durable = self._durable, []
-                        self._pending = asyncio.create_task(
-                            self._commit(outputs, offsets, durable))
-        finally:
-            # a graceful stop lets the transaction in flight finish (a kill aborts it)
-            if self._pending is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await asyncio.shield(self._pending)
+    @property
+    def ready(self) -> bool:
+        return self.lifecycle == "running" and self._fatal is None
 
-    def defer_durable(self, work: asyncio.Future) -> None:
-        """Let the batch's transaction wait for ``work`` (a file write) instead of the batch loop."""
-        self._durable.append(work)
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        """Run ``coro`` as a task owned by this service: cancelled at stop, fatal if it dies."""
+        task = asyncio.create_task(coro, name=f"{self.name}:{name}")
+        self._tasks.add(task)
 
-    async def drain(self) -> None:
-        """Wait for the transaction in flight (re-raising its failure)."""
-        if self._pending is not None:
-            task, self._pending = self._pending, None
-            await task
+        def done(t: asyncio.Task) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None and not self._stopping.is_set():
+                self._fatal = t.exception()
+                log.error("owned task died", extra={"service": self.name, "task": t.get_name(),
+                                                    "error": repr(t.exception())})
+        task.add_done_callback(done)
+        return task
 
-    async def _commit(self, outputs: list[Output], offsets: dict[TopicPartition, int],
-                      durable: list[asyncio.Future] | None = None) -> None:
-        if durable:
-            await asyncio.gather(*durable)  # step 1: file effects durable before anything is announced
-        assert self.producer is not None
-        async with self.producer.transaction():
-            futures = []
-            for out in outputs:
-                topic = self.settings.topic(out.topic)
-                futures.append(await self.producer.send(
-                    topic, out.value, key=out.key, partition=out.partition, headers=out.headers))
-                metrics.MESSAGES_OUT.labels(self.name, out.topic).inc()
-                metrics.BYTES_OUT.labels(self.name, out.topic).inc(len(out.value))
-            if futures:
-                await asyncio.gather(*futures)
-            if offsets:
-                await self.producer.send_offsets_to_transaction(
-                    offsets, self.settings.group(self.name))
-        metrics.TRANSACTIONS.labels(self.name).inc()
+    async def run_cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a picklable CPU-heavy function in this service's process pool (never on the loop)."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=max(1, self.cpu_workers))
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    # hooks ----------------------------------------------------------------
-    @abc.abstractmethod
-    async def process(self, records: list[tuple[TopicPartition, list[ConsumerRecord]]]) -> list[Output]:
-        """Handle a batch; make file effects durable; return what to produce."""
-
-    async def tick(self) -> list[Output]:
-        """Time-driven work (e.g. quiet-time flushes); runs after every fetch."""
-        return []
-
-    def commit_offsets(self, consumed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """Offsets to commit for a batch (services that keep replayable state pin them)."""
-        return consumed
-
-    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.assigned |= assigned
-
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.assigned -= revoked
+    # hooks -----------------------------------------------------------------------------------
+    async def on_start(self) -> None:
+        """Open clients and load state (called by ``start``)."""
 
     async def close(self) -> None:
-        """Release resources (files, pools)."""
+        """Release clients, files and pools (called by ``stop`` and by a failed ``start``)."""
 
-    # idleness (downlink run --until-idle) -----------------------------------
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """The service's main loop; returns when stopped."""
+
     def has_pending_work(self) -> bool:
+        """Work held outside Kafka that ``--until-idle`` must wait for."""
         return False
+
+    async def caught_up(self) -> bool:
+        return True
+
+    # topics ----------------------------------------------------------------------------------
+    def wanted_schemas(self) -> dict[str, frozenset[str]]:
+        """Logical topic -> schemas this service reads or writes there."""
+        wanted: dict[str, frozenset[str]] = {i.topic: i.schemas for i in self.inputs}
+        for topic, classes in self.outputs.items():
+            wanted[topic] = wanted.get(topic, frozenset()) | frozenset(c.SCHEMA for c in classes)
+        return wanted
+
+    async def check_topics(self) -> None:
+        """Every topic used exists in topics.yaml with the schema this service expects, and on the broker."""
+        from streams.topics import load_topics
+
+        check_schemas(self.name, self.wanted_schemas(), load_topics(self.settings.topics_file),
+                      str(self.settings.topics_file))
+        for topic in sorted(self.wanted_schemas()):
+            await topic_partitions(self.settings, self.settings.topic(topic), wait=5.0)
+
+    # records ---------------------------------------------------------------------------------
+    def _input_of(self, physical_topic: str) -> Input:
+        return self._inputs_by_physical[physical_topic]
+
+    @property
+    def _inputs_by_physical(self) -> dict[str, Input]:
+        return {self.settings.topic(i.topic): i for i in self.inputs}
+
+    def decode(self, tp: TopicPartition, rec: ConsumerRecord) -> Record | Output:
+        """A typed record, or the dead letter that replaces a record that cannot be used."""
+        inp = self._input_of(tp.topic)
+        try:
+            headers = {k: v.decode("utf-8") for k, v in (rec.headers or ())}
+            if inp.messages:
+                value: Any = messages.decode(rec.value, *inp.messages)
+            elif rec.value is None:
+                raise EnvelopeError("empty record (a tombstone) on a raw topic")
+            else:
+                value = rec.value
+        except (EnvelopeError, UnicodeDecodeError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            return self.dead_letter_for(inp.topic, tp, rec, reason)
+        return Record(inp.topic, tp, rec.offset, rec.key, value, headers, rec.timestamp)
+
+    def dead_letter_for(self, topic: str, tp: TopicPartition, rec: ConsumerRecord | Record,
+                        reason: str, **fields: Any) -> Output:
+        """A DeadLetter for one record of an input topic (keeps its bytes intact)."""
+        raw = rec.value if isinstance(rec.value, (bytes, bytearray)) else b""
+        if isinstance(rec, Record) and isinstance(rec.value, Message):
+            raw = rec.value.encode()
+        metrics.DEADLETTER_RECORDS.labels(self.name, reason.split(":")[0][:40]).inc()
+        log.warning("record dead-lettered", extra={"service": self.name, "topic": topic,
+                                                   "partition": tp.partition, "offset": rec.offset,
+                                                   "reason": reason})
+        letter = DeadLetter(reason=reason, data=bytes(raw), service=self.name, source_topic=topic,
+                            partition=tp.partition, offset=rec.offset, length=len(raw),
+                            time=time.time(), **fields)
+        return Output("tlm.deadletter", letter, key=rec.key)
+
+
+class ConsumingService(Service):
+    """A service that reads input topics in a consumer group (transactional and sink kinds)."""
+
+    max_records: ClassVar[int] = 64
+    fetch_timeout_ms: ClassVar[int] = 200
+    #: bytes fetched per partition and request (None: one largest message, the factory default)
+    partition_fetch_bytes: ClassVar[int | None] = None
+
+    def __init__(self, settings: Settings, **kw: Any) -> None:
+        super().__init__(settings, **kw)
+        self.consumer: AIOKafkaConsumer | None = None
+        self.assigned: set[TopicPartition] = set()
+        self.last_activity = time.monotonic()
+        self._paused: set[TopicPartition] = set()
+
+    def make_group_consumer(self) -> AIOKafkaConsumer:
+        k = self.settings.kafka
+        fetch = ({"max_partition_fetch_bytes": self.partition_fetch_bytes,
+                  "fetch_max_bytes": 2 * self.partition_fetch_bytes}
+                 if self.partition_fetch_bytes else {})
+        group = self.settings.group(self.name)
+        # static membership: a restarted instance (same --instance) takes its partitions back
+        # at once instead of waiting for its dead predecessor's session to expire
+        return make_consumer(self.settings, group=group, group_instance_id=f"{group}.{self.instance}",
+                             max_poll_interval_ms=k.max_poll_interval_ms,
+                             session_timeout_ms=k.session_timeout_ms,
+                             heartbeat_interval_ms=k.heartbeat_interval_ms,
+                             request_timeout_ms=k.request_timeout_ms, **fetch)
+
+    async def open_consumer(self, listener: ConsumerRebalanceListener) -> None:
+        self.consumer = self.make_group_consumer()
+        await start_client(self.settings, self.consumer)
+        self.consumer.subscribe([self.settings.topic(i.topic) for i in self.inputs], listener=listener)
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.consumer.stop()
+            self.consumer = None
+
+    async def fetch(self) -> list[tuple[TopicPartition, list[ConsumerRecord]]]:
+        """One fetch, most urgent inputs first; pauses less urgent partitions while urgent ones have work."""
+        assert self.consumer is not None
+        batch = await self.consumer.getmany(timeout_ms=self.fetch_timeout_ms,
+                                            max_records=self.max_records)
+        got = [(tp, recs) for tp, recs in batch.items() if recs and tp in self.assigned]
+        if len({i.priority for i in self.inputs}) > 1:
+            got.sort(key=lambda item: self._input_of(item[0].topic).priority)
+            await self._prioritize(got)
+        return got
+
+    async def _prioritize(self, got: list[tuple[TopicPartition, list[ConsumerRecord]]]) -> None:
+        """Pause inputs less urgent than the most urgent one that has records waiting."""
+        assert self.consumer is not None
+        busy = {self._input_of(tp.topic).priority for tp, _ in got}
+        for tp in self.assigned - self._paused:
+            high = self.consumer.highwater(tp)
+            if high is not None and await self.consumer.position(tp) < high:
+                busy.add(self._input_of(tp.topic).priority)
+        urgent = min(busy) if busy else None
+        pause = {tp for tp in self.assigned
+                 if urgent is not None and self._input_of(tp.topic).priority > urgent}
+        if pause - self._paused:
+            self.consumer.pause(*(pause - self._paused))
+        if self._paused - pause:
+            self.consumer.resume(*(self._paused - pause))
+        self._paused = pause
+
+    def decode_batch(self, got: list[tuple[TopicPartition, list[ConsumerRecord]]]
+                     ) -> tuple[list[Record], list[Output]]:
+        records: list[Record] = []
+        letters: list[Output] = []
+        for tp, recs in got:
+            for rec in recs:
+                item = self.decode(tp, rec)
+                (records if isinstance(item, Record) else letters).append(item)
+        return records, letters
+
+    async def rewind(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Seek partitions back to their committed offsets (after an aborted or failed batch)."""
+        assert self.consumer is not None
+        for tp in sorted(partitions if partitions is not None else self.assigned):
+            committed = await self.consumer.committed(tp)
+            if committed is None or committed < 0:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
 
     async def caught_up(self) -> bool:
         """True when every assigned partition is consumed up to its last stable offset."""
         if self.consumer is None or not self.assigned:
-            return False
-        if self._pending is not None and not self._pending.done():
             return False
         assigned = sorted(self.assigned)
         ends = await self.consumer.end_offsets(assigned)
@@ -235,3 +373,18 @@ class Service(abc.ABC):
             if await self.consumer.position(tp) < ends[tp]:
                 return False
         return True
+
+    async def backoff_pause(self, seconds: float) -> None:
+        """Wait ``seconds`` with every partition paused, still polling (the group keeps us)."""
+        assert self.consumer is not None
+        parts = set(self.assigned)
+        if parts:
+            self.consumer.pause(*parts)
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline and not self._stopping.is_set():
+                await self.consumer.getmany(timeout_ms=int(min(200, max(1, (deadline - time.monotonic()) * 1000))))
+        finally:
+            resume = (parts & self.assigned) - self._paused
+            if resume:
+                self.consumer.resume(*resume)

@@ -31,19 +31,19 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+
 
 from aiokafka import TopicPartition
-from aiokafka.structs import ConsumerRecord
 
 from consumers.l0.assembly import Assembly, L0Content
-from consumers.framework.service import Output, Service
+from consumers.framework.service import Input, Output, Record
+from consumers.framework.transactional import TransactionalService
 from products.durable import durable_write
 from products.l0 import l0_paths
 from streams.kafka import read_table
 from core.errors import AssemblyError
 from monitoring import metrics
-from streams import envelope
+from streams.messages import DeadLetter, L0Ready, L0State, OpsAlert, SciEoc, SciRun
 from streams.decoder import PacketIndex, decode_all
 
 log = logging.getLogger(__name__)
@@ -59,20 +59,22 @@ class Open:
     last_update: float
 
 
-class L0Assembler(Service):
+class L0Assembler(TransactionalService):
     name = "l0"
-    inputs = ("tlm.sci",)
+    inputs = (Input("tlm.sci", (SciRun, SciEoc)),)
+    outputs = {"l0.ready": (L0Ready,), "l0.state": (L0State,), "tlm.deadletter": (DeadLetter,),
+               "ops.alerts": (OpsAlert,)}
     max_records = 256
 
     def __init__(self, settings, **kw) -> None:
         super().__init__(settings, **kw)
         self.open: dict[str, Open] = {}
-        self.written: dict[str, dict[str, Any]] = {}
+        self.written: dict[str, L0State] = {}
         self.contact_end: dict[str, float] = {}
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         await super().on_assigned(assigned)
-        self.written = await read_table(self.settings, "l0.state")
+        self.written = await read_table(self.settings, "l0.state", L0State)
         log.info("l0 state loaded", extra={"exposures": len(self.written)})
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -91,7 +93,7 @@ class L0Assembler(Service):
     def has_pending_work(self) -> bool:
         return bool(self.open)
 
-    async def process(self, records: list[tuple[TopicPartition, list[ConsumerRecord]]]) -> list[Output]:
+    async def process(self, records: list[Record]) -> list[Output]:
         touched = await asyncio.to_thread(self._add_records, records, time.monotonic())
         outputs: list[Output] = []
         for exposure_id in sorted(touched):
@@ -100,30 +102,28 @@ class L0Assembler(Service):
         metrics.OPEN_EXPOSURES.set(len(self.open))
         return outputs
 
-    def _add_records(self, records: list[tuple[TopicPartition, list[ConsumerRecord]]],
-                     now: float) -> set[str]:
+    def _add_records(self, records: list[Record], now: float) -> set[str]:
         """Add a batch to the open exposures (worker thread; the batch lock is held)."""
         touched: set[str] = set()
-        for tp, recs in records:
-            for rec in recs:
-                msg = envelope.decode(rec.value)
-                if msg["schema"] == "tlm.sci.eoc":
-                    self.contact_end.setdefault(msg["contact"], now)
-                    continue
-                exposure_id = msg["exposure_id"]
-                state = self.written.get(exposure_id)
-                if state is not None and state["complete"]:
-                    continue  # every identity is already in the complete L0: all duplicates
-                entry = self.open.get(exposure_id)
-                if entry is None:
-                    assembly = Assembly.for_exposure(exposure_id)
-                    if state is not None:
-                        self._seed(assembly, state)
-                    entry = self.open[exposure_id] = Open(assembly, tp, rec.offset, now)
-                index = PacketIndex.from_bytes(msg["index"])
-                entry.assembly.add(index, msg["packets"], msg["contact"], msg.get("raw_ts", 0))
-                entry.last_update = now
-                touched.add(exposure_id)
+        for rec in records:
+            msg = rec.value
+            if isinstance(msg, SciEoc):
+                self.contact_end.setdefault(msg.contact, now)
+                continue
+            exposure_id = msg.exposure_id
+            state = self.written.get(exposure_id)
+            if state is not None and state.complete:
+                continue  # every identity is already in the complete L0: all duplicates
+            entry = self.open.get(exposure_id)
+            if entry is None:
+                assembly = Assembly.for_exposure(exposure_id)
+                if state is not None:
+                    self._seed(assembly, state)
+                entry = self.open[exposure_id] = Open(assembly, rec.tp, rec.offset, now)
+            index = PacketIndex.from_bytes(msg.index)
+            entry.assembly.add(index, msg.packets, msg.contact, msg.raw_ts)
+            entry.last_update = now
+            touched.add(exposure_id)
         return touched
 
     async def tick(self) -> list[Output]:
@@ -138,27 +138,27 @@ class L0Assembler(Service):
         metrics.OPEN_EXPOSURES.set(len(self.open))
         return outputs
 
-    def _seed(self, assembly: Assembly, state: dict[str, Any]) -> None:
+    def _seed(self, assembly: Assembly, state: L0State) -> None:
         """Start a new version from the packets of the version already written."""
         data_path, _ = l0_paths(self.settings.data_dir, assembly.exposure_id)
         try:
             data = data_path.read_bytes()
         except FileNotFoundError:
             raise AssemblyError(
-                f"{data_path} (version {state['version']} in l0.state) is missing; restore it "
+                f"{data_path} (version {state.version} in l0.state) is missing; restore it "
                 "from the archive or reprocess the exposure before new packets can be merged"
             ) from None
         decoded = decode_all(data)
         assembly.add(decoded.packets, decoded.data, None)
-        assembly.contacts.update(state.get("contacts", []))
+        assembly.contacts.update(state.contacts)
         assembly.duplicates = 0
 
     async def _finish(self, exposure_id: str) -> list[Output]:
         entry = self.open.pop(exposure_id)
         prev = self.written.get(exposure_id)
-        version = (prev["version"] + 1) if prev else 1
+        version = (prev.version + 1) if prev else 1
         content = await asyncio.to_thread(entry.assembly.build, version)
-        if prev is not None and prev["sha256"] == content.sha256:
+        if prev is not None and prev.sha256 == content.sha256:
             return []  # replay of something already written and announced
         m = content.manifest
         write = asyncio.ensure_future(asyncio.to_thread(self._write, exposure_id, content, prev))
@@ -177,21 +177,23 @@ class L0Assembler(Service):
         log.info("L0 written", extra={"exposure": exposure_id, "version": version, "status": status,
                                       "packets": m["packets"], "bytes": m["bytes"]})
         data_path, manifest_path = l0_paths(self.settings.data_dir, exposure_id)
-        state = {"exposure_id": exposure_id, "version": version, "complete": m["complete"],
-                 "sha256": content.sha256, "packets": m["packets"], "bytes": m["bytes"],
-                 "contacts": m["contacts"]}
+        state = L0State(exposure_id=exposure_id, version=version, complete=m["complete"],
+                        sha256=content.sha256, packets=m["packets"], bytes=m["bytes"],
+                        contacts=m["contacts"])
         self.written[exposure_id] = state
-        ready = {**state, "path": str(data_path), "manifest": str(manifest_path),
-                 "missing_packets": len(m["missing_packets"]), "program": m["program"],
-                 "detector": m["detector"]}
+        ready = L0Ready(exposure_id=exposure_id, version=version, complete=m["complete"],
+                        sha256=content.sha256, packets=m["packets"], bytes=m["bytes"],
+                        path=str(data_path), manifest=str(manifest_path),
+                        missing_packets=len(m["missing_packets"]), program=m["program"],
+                        detector=m["detector"], contacts=m["contacts"],
+                        raw_ts=entry.assembly.raw_ts / 1000)
         key = exposure_id.encode()
-        return [Output("l0.ready", envelope.encode("l0.ready", ready), key=key),
-                Output("l0.state", envelope.encode("l0.state", state), key=key)]
+        return [Output("l0.ready", ready, key=key), Output("l0.state", state, key=key)]
 
-    def _write(self, exposure_id: str, content: L0Content, prev: dict[str, Any] | None) -> None:
+    def _write(self, exposure_id: str, content: L0Content, prev: L0State | None) -> None:
         data_path, manifest_path = l0_paths(self.settings.data_dir, exposure_id)
         if prev is not None and data_path.exists():
-            old_data, old_manifest = l0_paths(self.settings.data_dir, exposure_id, prev["version"])
+            old_data, old_manifest = l0_paths(self.settings.data_dir, exposure_id, prev.version)
             if not old_data.exists():  # keep the superseded version, durably, before replacing it
                 durable_write(old_data, data_path.read_bytes())
                 if manifest_path.exists():

@@ -1,0 +1,253 @@
+"""Kafka in -> Kafka out, exactly once: outputs, state records and offsets in one transaction.
+
+Commit order of every batch:
+
+1. make every file effect durable (temp file, fsync, atomic rename) — the
+   service's ``process`` does it, or hands the write to ``defer_durable`` and
+   the transaction waits for it;
+2. produce the output messages (dead letters included) and the service's
+   state-table records;
+3. add the consumed offsets to the transaction (``send_offsets_to_transaction``);
+4. commit the transaction.
+
+Readers use ``read_committed``, so a crash anywhere before step 4 leaves no
+visible output and the batch is processed again. The transactional id is
+stable per (service, instance): a restarted instance fences its dead
+predecessor at once.
+
+Transient failures (broker unreachable, a transaction timed out or aborted,
+the data disk full) never end the process: the open transaction is aborted,
+the producer is rebuilt, the partitions are rewound to their committed
+offsets and the service's state is reloaded (``on_revoked`` then
+``on_assigned``), after a pause that grows from ``kafka.retry_backoff_seconds``
+to ``kafka.retry_backoff_max_seconds``. Nothing uncommitted is ever announced,
+so the redo changes no output byte. Errors that are not retriable stop the
+service (the runner exits non-zero).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, ClassVar
+
+from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from core.errors import DownlinkError, StorageError
+from consumers.framework.service import ConsumingService, Output, Record
+from monitoring import metrics
+from streams.kafka import make_producer, start_client
+
+log = logging.getLogger(__name__)
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """Whether redoing the batch later can succeed (the error carries its policy)."""
+    if isinstance(exc, ProducerFenced):
+        return False  # another instance with our id took over: this one must stop
+    if isinstance(exc, DownlinkError):
+        return exc.retriable
+    if isinstance(exc, KafkaError):
+        return True  # broker-side or network trouble; a redo from committed state is always safe
+    return isinstance(exc, (asyncio.TimeoutError, ConnectionError))
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, service: "TransactionalService") -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        s = self.service
+        # wait (bounded) for the batch in flight: its transaction holds these partitions' offsets
+        try:
+            await asyncio.wait_for(s._batch_lock.acquire(), s.settings.kafka.revoke_timeout_seconds)
+        except asyncio.TimeoutError:
+            # the batch still running will be aborted, not committed (it may cover revoked partitions)
+            s._stale = True
+            log.warning("revoke did not wait for the batch in flight; it will be redone",
+                        extra={"service": s.name})
+            await s.on_revoked(set(revoked))
+            return
+        try:
+            with contextlib.suppress(Exception):
+                await s.drain()
+            await s.on_revoked(set(revoked))
+        finally:
+            s._batch_lock.release()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        s = self.service
+        async with s._batch_lock:
+            try:
+                await s.on_assigned(set(assigned))
+            except Exception as exc:
+                # aiokafka only logs listener errors; processing without our state would be wrong
+                s._assign_error = exc
+                raise
+
+
+class TransactionalService(ConsumingService):
+    """Base of demux, l0, l1b: ``process`` a batch, return outputs; the base commits them."""
+
+    #: ms a transaction may stay open (settings.kafka.transaction_timeout_ms unless overridden)
+    transaction_timeout_ms: ClassVar[int | None] = None
+
+    def __init__(self, settings, **kw: Any) -> None:
+        super().__init__(settings, **kw)
+        self.producer: AIOKafkaProducer | None = None
+        self._batch_lock = asyncio.Lock()
+        self._pending: asyncio.Task | None = None
+        self._durable: list[asyncio.Future] = []
+        self._assign_error: BaseException | None = None
+        self._stale = False
+        self._failures = 0
+
+    # lifecycle -------------------------------------------------------------------------------
+    def make_transactional_producer(self) -> AIOKafkaProducer:
+        timeout = self.transaction_timeout_ms or self.settings.kafka.transaction_timeout_ms
+        return make_producer(self.settings, transactional_id=f"downlink.{self.name}.{self.instance}",
+                             transaction_timeout_ms=timeout,
+                             compression_type=self.settings.compression_type(bulk=True))
+
+    async def on_start(self) -> None:
+        self.producer = self.make_transactional_producer()
+        await start_client(self.settings, self.producer)
+        await self.open_consumer(_Rebalance(self))
+
+    async def close(self) -> None:
+        await super().close()
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+            self.producer = None
+
+    async def run(self) -> None:
+        """Fetch, process and commit batches until stopped.
+
+        The transaction of batch N commits while batch N+1 is fetched and
+        processed, so produce latency and decoding overlap; transactions stay
+        strictly in order.
+        """
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._one_batch()
+                    self._failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:
+                    if not is_retriable(exc):
+                        raise
+                    await self._recover(exc)
+        finally:
+            # a graceful stop lets the transaction in flight finish (a kill aborts it)
+            if self._pending is not None:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.shield(self._pending)
+
+    async def _one_batch(self) -> None:
+        got = await self.fetch()
+        async with self._batch_lock:
+            if self._assign_error is not None:
+                raise DownlinkError(
+                    f"{self.name}: partition assignment failed: {self._assign_error!r}; the "
+                    "service stops rather than run without its state") from self._assign_error
+            got = [(tp, recs) for tp, recs in got if tp in self.assigned]
+            records, outputs = self.decode_batch(got)
+            if records:
+                outputs += await self.process(records)
+            outputs += await self.tick()
+            await self.drain()
+            if self._stale:
+                self._stale = False
+                raise StorageError("a rebalance revoked partitions of the batch in flight")
+            if got or outputs:
+                self.last_activity = time.monotonic()
+                offsets = self.commit_offsets({tp: recs[-1].offset + 1 for tp, recs in got})
+                durable, self._durable = self._durable, []
+                self._pending = asyncio.create_task(self._commit(outputs, offsets, durable))
+
+    async def _recover(self, exc: BaseException) -> None:
+        """Abort, rebuild the producer, rewind to committed offsets, reload state, after a backoff."""
+        self._failures += 1
+        k = self.settings.kafka
+        delay = min(k.retry_backoff_max_seconds, k.retry_backoff_seconds * 2 ** (self._failures - 1))
+        disk_full = isinstance(exc, StorageError) and exc.disk_full
+        metrics.RETRIES.labels(self.name, "disk_full" if disk_full else type(exc).__name__[:40]).inc()
+        log.warning("batch failed; retrying from the last commit", extra={
+            "service": self.name, "error": repr(exc), "attempt": self._failures, "backoff_s": delay})
+        self._durable.clear()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with contextlib.suppress(BaseException):
+                await pending
+        if self.producer is not None:
+            with contextlib.suppress(Exception):
+                await self.producer.stop()
+        self.producer = None
+        await self.backoff_pause(delay)
+        self.producer = self.make_transactional_producer()
+        await start_client(self.settings, self.producer)  # init_transactions aborts what was open
+        async with self._batch_lock:
+            parts = set(self.assigned)
+            await self.on_revoked(parts)
+            await self.rewind(parts)
+            await self.on_assigned(parts)
+
+    def defer_durable(self, work: asyncio.Future) -> None:
+        """Let the batch's transaction wait for ``work`` (a file write) instead of the batch loop."""
+        self._durable.append(work)
+
+    async def drain(self) -> None:
+        """Wait for the transaction in flight (re-raising its failure)."""
+        if self._pending is not None:
+            task, self._pending = self._pending, None
+            await task
+
+    async def _commit(self, outputs: list[Output], offsets: dict[TopicPartition, int],
+                      durable: list[asyncio.Future] | None = None) -> None:
+        if durable:
+            await asyncio.gather(*durable)  # step 1: file effects durable before anything is announced
+        assert self.producer is not None
+        async with self.producer.transaction():
+            futures = []
+            for out in outputs:
+                payload = out.payload()
+                futures.append(await self.producer.send(
+                    self.settings.topic(out.topic), payload, key=out.key, partition=out.partition,
+                    headers=out.headers))
+                metrics.MESSAGES_OUT.labels(self.name, out.topic).inc()
+                metrics.BYTES_OUT.labels(self.name, out.topic).inc(len(payload))
+            if futures:
+                await asyncio.gather(*futures)
+            if offsets:
+                await self.producer.send_offsets_to_transaction(offsets, self.settings.group(self.name))
+        metrics.TRANSACTIONS.labels(self.name).inc()
+
+    # hooks -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def process(self, records: list[Record]) -> list[Output]:
+        """Handle a batch of decoded records; make file effects durable; return what to produce."""
+
+    async def tick(self) -> list[Output]:
+        """Time-driven work (e.g. quiet-time flushes); runs after every fetch."""
+        return []
+
+    def commit_offsets(self, consumed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Offsets to commit for a batch (services that keep replayable state pin them)."""
+        return consumed
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.assigned |= assigned
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.assigned -= revoked
+
+    async def caught_up(self) -> bool:
+        if self._pending is not None and not self._pending.done():
+            return False
+        return await super().caught_up()
