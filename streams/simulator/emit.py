@@ -40,6 +40,7 @@ from streams.simulator.contact import (
     chunk_sizes,
     seq_of,
 )
+from streams.simulator import hostile
 from streams.simulator.faults import ItemFaults
 from streams.simulator.plan import CHUNK_PIXELS, ExposurePlan, Plan
 from streams.simulator.ramps import DetectorPatterns, NoisePool, RampSynth, Workspace
@@ -278,8 +279,9 @@ class ContactEmitter:
         placed: dict[int, int] = {}  # stream offset of each faulted packet that arrived
         runs: list[tuple[int, int, int]] = []  # (first, end, stream offset) of untouched runs
         last = item.n - 1
-        special = (f.drop | f.dup | set(f.corrupt) | set(f.reorder) | set(f.garbage)
+        special = (f.drop | f.dup | set(f.corrupt) | set(f.reorder) | set(f.garbage) | set(f.hostile)
                    | ({last} if f.truncate is not None else set()))
+        hostile_seqs: list[tuple[int, int, int]] = []
         self._note_split(item, self.offset)
         order = f.output_order(item.n)
         i = 0
@@ -304,6 +306,8 @@ class ContactEmitter:
                 self.truth.fault("garbage", self.contact, pos, len(g))
                 self.sink.write(g)
                 pos += len(g)
+            if j in f.hostile:
+                pos = hostile.emit(self, f.hostile[j], item, pkt, desc, pos, hostile_seqs)
             if j in f.drop:
                 self.truth.fault("drop", self.contact, pos, len(pkt), desc)
                 self._lost(pkt, desc, "drop")
@@ -334,6 +338,8 @@ class ContactEmitter:
         self.offset = pos
         idx = np.concatenate(got) if got else np.empty(0, dtype=np.int64)
         self.truth.received(self.contact, apid[idx], source[idx], seq[idx])
+        if hostile_seqs:
+            self.truth.received(self.contact, *np.array(hostile_seqs, dtype=np.int64).T)
         local = self._wrap_local(item)
         if local is not None:
             at = placed.get(local)

@@ -20,6 +20,9 @@ can say exactly what a receiver must see:
   0x08-0x0F, the values a packet header's first byte can take, so a decoder
   never locks onto garbage. Adjacent defects (two corrupt packets in a row, say)
   show as one skipped byte range;
+* hostile=P: extra packets with valid headers and bad fields inserted before
+  science data / engineering packets not otherwise faulted (every class of
+  ``streams.simulator.hostile`` at least once; see there for the outcomes);
 * truncate: the contact's final packet loses its tail;
 * wrap, split, redump are planned by the contact assembly (``contact.py``,
   ``run.py``) and only recorded here.
@@ -32,7 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from streams.packets import Kind, PRIMARY_HEADER_LEN
-from streams.simulator.contact import Item, SciItem
+from streams.simulator import hostile as hostile_mod
+from streams.simulator.contact import EngItem, Item, SciItem
 from streams.simulator.options import GARBAGE_MAX_BYTES, FaultSpec
 
 
@@ -45,6 +49,7 @@ class ItemFaults:
     corrupt: dict[int, bytes] = field(default_factory=dict)  # replacement primary header
     reorder: dict[int, int] = field(default_factory=dict)  # packet -> packets it is sent after
     garbage: dict[int, bytes] = field(default_factory=dict)  # bytes sent before the packet
+    hostile: dict[int, list[hostile_mod.Hostile]] = field(default_factory=dict)  # packets sent before it
     truncate: int | None = None  # bytes kept of the item's last packet
 
     def output_order(self, n: int) -> list[int]:
@@ -136,7 +141,8 @@ def plan_faults(spec: FaultSpec, items: list[Item], seed: int,
             for g in rng.permutation(np.flatnonzero(available & eligible))[:10000].tolist():
                 if reorder(g):
                     break
-    for g in pick(spec.drop).tolist():
+    dropped = pick(spec.drop)
+    for g in dropped.tolist():
         at(g)[0].drop.add(at(g)[2])
     corrupted = pick(spec.corrupt)
     for g in corrupted.tolist():
@@ -161,5 +167,24 @@ def plan_faults(spec: FaultSpec, items: list[Item], seed: int,
         f, k, _ = at(total - 1)
         last = int(items[k].sizes()[-1])
         f.truncate = int(rng.integers(1, last))
+    if spec.hostile:
+        # before a packet no other fault touches (nor the one after a corrupt header or a garbage run)
+        free = available.copy()
+        free[corrupted] = False
+        free[np.minimum(corrupted + 1, total - 1)] = False
+        free[np.minimum(dropped + 1, total - 1)] = False  # its sequence count would fill the gap
+        free[[s for s, f in _garbage_slots(out, starts)]] = False
+        kinds = np.repeat(np.array([1 if isinstance(it, SciItem) and it.kind == Kind.SCIENCE_DATA
+                                    else 2 if isinstance(it, EngItem) else 0 for it in items]), counts)
+        hrng = np.random.default_rng(np.random.SeedSequence([seed, 0x484F53]))
+        for g, h in hostile_mod.plan(hrng, np.flatnonzero(free & (kinds == 1)),
+                                     np.flatnonzero(free & (kinds == 2)), spec.hostile).items():
+            f, _, local = at(g)
+            f.hostile[local] = [h]
     return {k: f for k, f in out.items()
-            if f.drop or f.dup or f.corrupt or f.reorder or f.garbage or f.truncate is not None}
+            if f.drop or f.dup or f.corrupt or f.reorder or f.garbage or f.hostile
+            or f.truncate is not None}
+
+
+def _garbage_slots(out: dict[int, ItemFaults], starts: np.ndarray) -> list[tuple[int, ItemFaults]]:
+    return [(int(starts[k]) + local, f) for k, f in out.items() for local in f.garbage]

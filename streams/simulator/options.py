@@ -15,7 +15,7 @@ from core.errors import SimulationError
 from core.timecodes import utc_to_tai
 from streams.packets import DETECTOR_CODES
 
-#: Ka-band science downlink, 28 Mbit/s (JWST.md)
+#: Ka-band science downlink, 28 Mbit/s (docs/domain.md)
 KA_RATE_BYTES_PER_S = 3.5e6
 
 #: probability per eligible packet of a reorder when only ``reorder=N`` (the window) is given
@@ -60,7 +60,7 @@ def tai_from_iso(text: str) -> float:
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """Faults to inject, from ``drop=P,dup=P,reorder=N,corrupt=P,garbage=P,wrap,split,truncate,redump``.
+    """Faults to inject, from ``drop=P,dup=P,reorder=N,corrupt=P,garbage=P,hostile=P,wrap,split,truncate,redump``.
 
     Probabilities are per eligible packet (garbage: per packet boundary); every
     requested probabilistic fault is injected at least once. ``reorder=N`` is the
@@ -74,6 +74,8 @@ class FaultSpec:
     reorder_p: float = 0.0
     corrupt: float = 0.0
     garbage: float = 0.0
+    #: valid headers with bad fields, every class of ``streams.simulator.hostile`` at least once
+    hostile: float = 0.0
     wrap: bool = False
     split: bool = False
     truncate: bool = False
@@ -84,7 +86,7 @@ class FaultSpec:
         if not text or not text.strip():
             return cls()
         values: dict[str, float | int | bool] = {}
-        probs = ("drop", "dup", "corrupt", "garbage", "reorder_p")
+        probs = ("drop", "dup", "corrupt", "garbage", "hostile", "reorder_p")
         flags = ("wrap", "split", "truncate", "redump")
         for token in (t.strip() for t in text.split(",")):
             if not token:
@@ -111,7 +113,7 @@ class FaultSpec:
             else:
                 raise SimulationError(
                     f"unknown fault {key!r}; known: drop=P, dup=P, reorder=N, corrupt=P, garbage=P, "
-                    "reorder_p=P, wrap, split, truncate, redump")
+                    "hostile=P, reorder_p=P, wrap, split, truncate, redump")
         if "reorder_p" in values and "reorder" not in values:
             raise SimulationError("reorder_p needs reorder=N (the window)")
         if "reorder" in values and "reorder_p" not in values:
@@ -132,7 +134,7 @@ class FaultSpec:
 
     def __str__(self) -> str:
         parts = []
-        for key in ("drop", "dup", "corrupt", "garbage"):
+        for key in ("drop", "dup", "corrupt", "garbage", "hostile"):
             if getattr(self, key):
                 parts.append(f"{key}={getattr(self, key):g}")
         if self.reorder:
