@@ -164,6 +164,29 @@ class CalibrateSettings:
 class RealtimeSettings:
     #: values older than this are not published as current state
     max_age_seconds: float = _n(60.0, gt=0)
+    #: a limit transition needs this many consecutive samples beyond (or back inside) a limit
+    limit_persistence: int = _n(1, ge=1, le=1000)
+    #: dead band to leave a limit: this fraction of the limit pair's width (hi - lo) inside it
+    limit_deadband: float = _n(0.02, ge=0, le=0.25)
+    #: a parameter is stale once its APID has been silent for this many sampling periods
+    stale_periods: float = _n(3.0, gt=1)
+    #: (sequence count, packet time) keys remembered per APID to drop at-least-once repeats
+    dedupe_window: int = _n(4096, ge=16)
+    #: period of the jwst/status/realtime heartbeat
+    heartbeat_seconds: float = _n(2.0, gt=0)
+    #: first and largest pause between MQTT reconnection attempts
+    reconnect_min_seconds: float = _n(0.2, gt=0)
+    reconnect_max_seconds: float = _n(5.0, gt=0)
+    #: alerts held while the broker is away (oldest dropped beyond this, counted)
+    alert_queue: int = _n(10_000, ge=1)
+    #: root of every MQTT topic
+    topic_root: str = "jwst"
+    #: MQTT-over-WebSocket URL the dashboard's browser connects to
+    ws_url: str = "ws://127.0.0.1:9001"
+    #: archive API base URL the dashboard reads history from (empty = the archive section's host:port)
+    archive_url: str = ""
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = _n(8080, gt=0, le=65535)
 
 
 SECTIONS: dict[str, type] = {

@@ -1,0 +1,1 @@
+"""Real-time engineering for operators: Kafka ``tlm.eng.realtime`` + ``ops.alerts`` -> MQTT."""
