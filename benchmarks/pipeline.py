@@ -3,7 +3,7 @@
 In the same run, a raw-Kafka baseline moves the same bytes through aiokafka
 without processing (produce the 1 MiB chunks to a topic, then consume them
 back), so the ratio compares like with like on this machine at this moment.
-Prints one JSON object as the last line (keys in DESIGN.md, "Benchmark output").
+Prints one JSON object as the last line (keys in docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ class KafkaUnavailable(DownlinkError):
 
 
 class CodecError(DownlinkError):
-    """Bytes do not follow the packet format (DESIGN.md, 'Packet format')."""
+    """Bytes do not follow the packet format (docs/icd.md)."""
 
 
 class EnvelopeError(DownlinkError):
@@ -64,6 +64,13 @@ class StorageError(DownlinkError):
     def __init__(self, message: str, *, disk_full: bool = False) -> None:
         super().__init__(message)
         self.disk_full = disk_full
+
+
+class FencedError(DownlinkError):
+    """This instance can no longer prove it owns its partitions (paused past the session timeout,
+    another instance took over): the batch is aborted, not committed, and redone after a rejoin."""
+
+    retriable = True
 
 
 class ValidationError(DownlinkError):

@@ -1,4 +1,4 @@
-"""Vectorized, chunk-fed decoder of the packet format (DESIGN.md, "Packet format").
+"""Vectorized, chunk-fed decoder of the packet format (docs/icd.md).
 
 Pure and synchronous: bytes in, column arrays out, no I/O (the consumers do
 the I/O, as Yamcs' ``PacketDecoder`` does). CCSDS Space Packet Protocol,

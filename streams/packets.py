@@ -1,4 +1,4 @@
-"""The packet format of DESIGN.md ("Packet format"): constants, tags and encoders.
+"""The packet format of docs/icd.md: constants, tags and encoders.
 
 This module is the interface control document in code. The simulator, the
 decoder (``streams.decoder``) and every consumer use it; nothing else in the
@@ -65,7 +65,7 @@ SCIENCE_APIDS = frozenset(SCI_APID_BASE + code for code in DETECTORS)
 
 def detector_apid(detector: int) -> int:
     if detector not in DETECTORS:
-        raise CodecError(f"unknown detector code {detector}; valid codes are 1..18 (DESIGN.md)")
+        raise CodecError(f"unknown detector code {detector}; valid codes are 1..18 (docs/icd.md)")
     return SCI_APID_BASE + detector
 
 
@@ -130,7 +130,7 @@ class ExposureTag:
                              self.parallel_seq, self.activity, self.exposure, self.detector)
         except struct.error as exc:  # e.g. exposure > 65535: the tag field is uint16
             raise CodecError(f"exposure tag {self} does not fit the packet tag fields "
-                             f"(DESIGN.md 'Packet format'): {exc}") from exc
+                             f"(docs/icd.md): {exc}") from exc
 
 
 @dataclass(frozen=True)

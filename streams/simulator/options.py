@@ -6,9 +6,11 @@ inputs; a bad request raises ``SimulationError`` with the fix in the message.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 
 from core import units
 from core.errors import SimulationError
@@ -22,6 +24,10 @@ KA_RATE_BYTES_PER_S = 3.5e6
 DEFAULT_REORDER_P = 0.001
 #: garbage runs are 1..GARBAGE_MAX_BYTES long
 GARBAGE_MAX_BYTES = 256
+#: largest contact simulated: the on-board recorder holds ~65 GB, a 4 h contact at Ka ~50 GB
+MAX_CONTACT_BYTES = 100 * 10**9
+#: packet times are uint32 seconds since 1958 (CCSDS coarse time): contacts must end before that wraps
+MAX_START_TAI = 2**32 - 30 * 86400
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -182,8 +188,20 @@ class SimOptions:
                 raise SimulationError(f"unknown detector(s) {unknown}; known: {', '.join(DETECTOR_CODES)}")
             object.__setattr__(self, "detectors", tuple(sorted({d.upper() for d in self.detectors},
                                                                key=DETECTOR_CODES.get)))
-        if self.rate_bytes_per_s <= 0:
-            raise SimulationError("downlink rate must be positive")
+        if not self.rate_bytes_per_s > 0 or self.rate_bytes_per_s == float("inf"):
+            raise SimulationError("downlink rate must be positive and finite")
+        if self.size_bytes is not None and not 0 < self.size_bytes <= MAX_CONTACT_BYTES:
+            raise SimulationError(f"--size {self.size_bytes:,} bytes is outside 1 byte .. "
+                                  f"{MAX_CONTACT_BYTES // 10**9} GB (the recorder holds ~65 GB); ask for less")
+        if self.duration_s is not None and not (
+                0 < self.duration_s and self.duration_s * self.rate_bytes_per_s <= MAX_CONTACT_BYTES):
+            raise SimulationError(
+                f"--duration {self.duration_s:g} s is outside 0 .. "
+                f"{MAX_CONTACT_BYTES / self.rate_bytes_per_s / 3600:.1f} h at the Ka rate "
+                f"({MAX_CONTACT_BYTES // 10**9} GB; a contact lasts ~4 h)")
+        if self.start_tai is not None and not 0 <= self.start_tai <= MAX_START_TAI:
+            raise SimulationError("--start must lie between 1958-01-01 and 2094 (packet times are "
+                                  "uint32 seconds since 1958)")
         for label, cid in (("--contact", self.contact), ("--next-contact", self.next_contact)):
             if cid is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cid):
                 raise SimulationError(f"{label} {cid!r}: use letters, digits, '.', '_' or '-' (max 64)")
@@ -221,3 +239,61 @@ class SimOptions:
         d["max_subarray"] = self.subarray_limit
         d["detectors"] = list(self.detectors) if self.detectors else None
         return d
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_paths(out: object, truth: object, next_out: object = None,
+                inputs: tuple[object, ...] = ()) -> None:
+    """Refuse outputs that would overwrite each other or an input, or cannot be written, before any work.
+
+    ``out`` / ``next_out`` may be ``-`` (stdout) or an open file (not checked);
+    ``inputs`` are files the simulation reads (the engineering dictionary).
+    """
+    named: list[tuple[str, Path]] = []
+    for label, value in (("--out", out), ("--truth", truth), ("--next-out", next_out)):
+        if isinstance(value, (str, Path)) and str(value) != "-":
+            named.append((label, Path(value)))
+        elif label == "--truth" and value is not None and str(value) == "-":
+            raise SimulationError("--truth must be a file (the stream alone may go to stdout)")
+    for i, (la, a) in enumerate(named):
+        for lb, b in named[i + 1:]:
+            if _same_file(a, b):
+                raise SimulationError(f"{la} and {lb} are the same file ({a}): each output needs its own path")
+        for src in inputs:
+            if src is not None and _same_file(a, Path(str(src))):
+                raise SimulationError(f"{la} {a} is an input of the simulation (the engineering "
+                                      "dictionary): choose another path")
+        if a.is_dir():
+            raise SimulationError(f"{la} {a} is a folder: give a file path")
+        parent = a.parent if str(a.parent) else Path(".")
+        if not parent.is_dir():
+            raise SimulationError(f"{la} {a}: folder {parent} does not exist; create it first")
+        if not os.access(parent, os.W_OK):
+            raise SimulationError(f"{la} {a}: folder {parent} is not writable")
+
+
+def check_space(out: object, next_out: object, target_bytes: int | None) -> None:
+    """Refuse a contact that cannot fit the free space of its output's file system."""
+    if target_bytes is None:
+        return
+    import shutil
+
+    for value in (out, next_out):
+        if isinstance(value, (str, Path)) and str(value) != "-":
+            path = Path(value)
+            parent = path.parent if str(path.parent) else Path(".")
+            if path.exists() and not path.is_file():
+                continue  # a device or FIFO: no file system to fill
+            free = shutil.disk_usage(parent).free + (path.stat().st_size if path.is_file() else 0)
+            if target_bytes > free:
+                raise SimulationError(
+                    f"a contact of {target_bytes / 1e9:,.1f} GB does not fit the {free / 1e9:,.1f} GB free "
+                    f"in {parent}: ask for a smaller --size/--duration or write elsewhere")

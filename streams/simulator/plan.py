@@ -7,7 +7,7 @@ plan is drawn from the seed alone and sized to a byte budget (``--size`` /
 ``--duration``) or an exposure count (``--exposures``), shrinking the last
 activity's ramps, subarray or detector set so the budget is not exceeded.
 
-Readout timing follows JWST.md: NIRCam patterns with NFRAMES/GROUPGAP,
+Readout timing follows docs/domain.md: NIRCam patterns with NFRAMES/GROUPGAP,
 TGROUP = (NFRAMES + GROUPGAP) * TFRAME, and TFRAME from the H2RG frame clock
 (10 us per pixel, 12 extra columns per row, one extra row; four outputs at
 full frame, one otherwise), which gives the full-frame 10.73677 s.
@@ -104,7 +104,7 @@ def full_frame(detector: int) -> tuple[int, int]:
 
 
 def frame_time(nx: int, ny: int, full: tuple[int, int], miri: bool) -> float:
-    """TFRAME in seconds for a subarray (JWST.md: NIRCam full frame 10.73677 s)."""
+    """TFRAME in seconds for a subarray (docs/domain.md: NIRCam full frame 10.73677 s)."""
     if miri:  # MIRI full frame 2.775 s, row-clocked: scales with rows and (columns + overhead)
         return 2.775 * (ny / full[1]) * ((nx + 100) / (full[0] + 100))
     namps = 4 if (nx, ny) == full else 1

@@ -1,4 +1,4 @@
-"""The truth file (CONTRACTS.md, schema ``downlink.truth/1``) and the accounting rule it states.
+"""The truth file (docs/simulator.md, schema ``downlink.truth/1``) and the accounting rule it states.
 
 Accounting (``accounting[contact]["<apid>/<source>"]``, APID in decimal) is
 what a Yamcs-style sequence checker that starts fresh at each contact must

@@ -1,4 +1,4 @@
-"""Encode -> decode round trips for every packet kind (DESIGN.md, "Packet format")."""
+"""Encode -> decode round trips for every packet kind (docs/icd.md)."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_exposure_id_example_and_errors() -> None:
     for bad in ("jw01234001001_01101_00001_nrcz9", "jw1234_01101_00001_nrca1", ""):
         with pytest.raises(CodecError):
             ExposureTag.from_exposure_id(bad)
-    # the id has 5 exposure digits but the tag field is uint16 (DESIGN.md)
+    # the id has 5 exposure digits but the tag field is uint16 (docs/icd.md)
     big = ExposureTag.from_exposure_id("jw01234001001_01101_70000_nrca1")
     with pytest.raises(CodecError):
         big.pack()
