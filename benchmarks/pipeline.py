@@ -24,6 +24,7 @@ from typing import Any
 
 from benchmarks.common import machine, send_file
 from consumers.framework.runner import run_services
+from products.l0 import iter_manifests
 from core.settings import Settings
 from streams.kafka import make_consumer
 from streams.topics import TopicSpec, create_topics, delete_topics, load_topics
@@ -73,7 +74,7 @@ async def _pipeline(settings: Settings) -> float:
 
 
 def _last_l0(settings: Settings) -> float:
-    return max(p.stat().st_mtime for p in Path(settings.data_dir).glob("jw*/*_l0.dat"))
+    return max(p.stat().st_mtime for p in iter_manifests(settings.data_dir))
 
 
 def _pipeline_processes(settings: Settings, exposures: int) -> float:
@@ -85,7 +86,7 @@ def _pipeline_processes(settings: Settings, exposures: int) -> float:
     procs = [subprocess.Popen([sys.executable, "-m", "downlink", "consumer", name], env=env,
                               stderr=subprocess.DEVNULL) for name in ("demux", "l0")]
     try:
-        while len(list(Path(settings.data_dir).glob("jw*/*_l0.json"))) < exposures:
+        while len(list(iter_manifests(settings.data_dir))) < exposures:
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError("a pipeline process died")
             time.sleep(0.2)

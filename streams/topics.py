@@ -18,11 +18,13 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import for_code
 
 from core.errors import ConfigError, KafkaUnavailable
-from core.settings import Settings
+from core.settings import REPO_ROOT, Settings
 from streams.kafka import kafka_log_file, make_admin
 
 log = logging.getLogger(__name__)
 
+#: the repository's topics.yaml (``settings.topics_file`` names the one in use)
+DEFAULT_TOPICS_FILE = REPO_ROOT / "topics.yaml"
 CLEANUP_POLICIES = ("delete", "compact", "compact,delete", "delete,compact")
 _FIELDS = {
     "partitions": int,
@@ -139,7 +141,7 @@ def _parse_config(path: Path, name: str, node: yaml.Node) -> dict[str, str]:
 
 def load_topics(path: Path | str | None = None) -> dict[str, TopicSpec]:
     """Parse and validate topics.yaml (default: the repository's) into specs by logical name."""
-    path = Path(path) if path is not None else Settings().topics_file
+    path = Path(path) if path is not None else DEFAULT_TOPICS_FILE
     try:
         text = path.read_text()
     except OSError as exc:
