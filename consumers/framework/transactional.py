@@ -38,6 +38,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from core.errors import DownlinkError, StorageError
+from consumers.framework import fencing
 from consumers.framework.service import ConsumingService, Output, Record
 from monitoring import metrics
 from streams.kafka import make_producer, start_client
@@ -157,9 +158,11 @@ class TransactionalService(ConsumingService):
                     f"{self.name}: partition assignment failed: {self._assign_error!r}; the "
                     "service stops rather than run without its state") from self._assign_error
             got = [(tp, recs) for tp, recs in got if tp in self.assigned]
+            await fencing.check(self, "process")  # zombie fencing (fencing.py): no effect unless still owner
             records, outputs = self.decode_batch(got)
             if records:
                 outputs += await self.process(records)
+            await fencing.check(self, "tick")
             outputs += await self.tick()
             await self.drain()
             if self._stale:
@@ -226,6 +229,7 @@ class TransactionalService(ConsumingService):
                 await asyncio.gather(*futures)
             if offsets:
                 await self.producer.send_offsets_to_transaction(offsets, self.settings.group(self.name))
+            await fencing.check(self, "commit")  # a stale owner aborts instead of committing
         metrics.TRANSACTIONS.labels(self.name).inc()
 
     # hooks -----------------------------------------------------------------------------------

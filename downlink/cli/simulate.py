@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         out: str = typer.Option(..., help="raw stream file, or - for stdout"),
         truth: Path = typer.Option(..., dir_okay=False, help="truth JSON (downlink.truth/1)"),
         faults: Optional[str] = typer.Option(
-            None, help="drop=P,dup=P,reorder=N,corrupt=P,garbage=P,wrap,split,truncate,redump "
+            None, help="drop=P,dup=P,reorder=N,corrupt=P,garbage=P,hostile=P,wrap,split,truncate,redump "
                        "(reorder_p=P sets the reorder rate, default 0.001)"),
         next_out: Optional[str] = typer.Option(
             None, help="second contact's stream (required with split or redump)"),
@@ -55,6 +55,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Simulate one ground-station contact (and a second for split/redump) with known truth."""
         from streams.simulator import FaultSpec, SimOptions, parse_duration, parse_size, simulate, tai_from_iso
+        from streams.simulator.options import check_paths, check_space
         from streams.simulator.run import check_outputs
 
         settings = settings_of(ctx)
@@ -64,15 +65,19 @@ def register(app: typer.Typer) -> None:
         start_tai = _parsed(tai_from_iso, start, "--start")
         if size_bytes is None and duration_s is None and exposures is None:
             raise typer.BadParameter("give one of --size, --duration or --exposures", param_hint="--size")
-        options = SimOptions(
-            seed=seed, size_bytes=size_bytes, duration_s=duration_s, exposures=exposures, faults=spec,
-            contact=contact, next_contact=next_contact, max_subarray=max_subarray,
-            detectors=tuple(d.strip() for d in detectors.split(",") if d.strip()) if detectors else None,
-            start_tai=start_tai, dictionary=str(settings.dictionary_file))
         try:
+            options = SimOptions(
+                seed=seed, size_bytes=size_bytes, duration_s=duration_s, exposures=exposures, faults=spec,
+                contact=contact, next_contact=next_contact, max_subarray=max_subarray,
+                detectors=tuple(d.strip() for d in detectors.split(",") if d.strip()) if detectors else None,
+                start_tai=start_tai, dictionary=str(settings.dictionary_file))
+            # before any work: outputs distinct from each other and from the inputs, writable, and
+            # a size that fits (an absurd size is refused at once, never attempted)
             check_outputs(options, out, next_out)
+            check_paths(out, truth, next_out, (settings.dictionary_file,))
+            check_space(out, next_out, options.target_bytes)
         except SimulationError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--next-out") from None
+            raise typer.BadParameter(str(exc)) from None
         if quiet:
             result = simulate(options, out, truth, next_out)
         else:

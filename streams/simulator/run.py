@@ -46,7 +46,7 @@ from streams.simulator.contact import (
 from streams.simulator.emit import ContactEmitter, Redumped, Renderer
 from streams.simulator.engineering import EngModel
 from streams.simulator.faults import plan_faults
-from streams.simulator.options import SimOptions, tai_from_iso
+from streams.simulator.options import SimOptions, check_paths, tai_from_iso
 from streams.simulator.plan import Plan, make_plan
 from streams.simulator.truth import TruthBuilder
 from streams.simulator.writer import Hasher, StreamSink
@@ -97,6 +97,7 @@ def simulate(options: SimOptions, out: Output, truth: str | Path | None = None,
     t_begin = time.perf_counter()
     spec = options.faults
     check_outputs(options, out, next_out)
+    check_paths(out, truth, next_out, (options.dictionary,))  # never overwrite an input or an output
     dictionary = load_dictionary(options.dictionary)
     seed = options.seed
     t0 = options.start_tai if options.start_tai is not None else \
