@@ -52,7 +52,7 @@ test: setup
 	else \
 		$(DOWNLINK) stack up || exit $$?; started=1; \
 	fi; \
-	status=0; $(PYTHON) -m pytest -q $(PYTEST_ARGS) || status=$$?; \
+	status=0; $(PYTHON) -m pytest -q --durations=15 $(PYTEST_ARGS) || status=$$?; \
 	if [ $$started = 1 ]; then $(DOWNLINK) stack down || true; fi; \
 	exit $$status
 
