@@ -1,0 +1,89 @@
+"""The archive sink: l0.ready, cal.done and tlm.eng.recorded -> the catalogue.
+
+A :class:`~consumers.framework.sink.SinkService`: each batch is applied in
+one database transaction (:class:`~consumers.archive.catalogue.Catalogue`)
+and the offsets are committed only after that commit, so a crash in between
+replays the batch, which the idempotent ingest absorbs. A database that is
+down (or restarting) is a retriable failure: the framework rewinds to the
+last commit and retries with backoff, partitions paused, nothing lost and
+nothing applied twice. Records whose files do not match their message go to
+the dead-letter topic with the reason.
+
+Migrations run at start (``alembic upgrade head``), so a fresh database is
+usable at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any, ClassVar
+
+from sqlalchemy.exc import IntegrityError
+
+from consumers.archive import db
+from consumers.archive.catalogue import Catalogue
+from consumers.framework.service import Input, Output, Record
+from consumers.framework.sink import SinkService
+from streams.dictionary import load_dictionary
+from streams.messages import CalDone, DeadLetter, EngBatch, L0Ready
+
+log = logging.getLogger(__name__)
+
+
+class ArchiveSink(SinkService):
+    name: ClassVar[str] = "archive"
+    inputs: ClassVar[tuple[Input, ...]] = (
+        Input("cal.done", (CalDone,), priority=0),
+        Input("l0.ready", (L0Ready,), priority=0),
+        Input("tlm.eng.recorded", (EngBatch,), priority=1),
+    )
+    outputs: ClassVar[dict[str, tuple[type, ...]]] = {"tlm.deadletter": (DeadLetter,)}
+    max_records: ClassVar[int] = 256
+
+    def __init__(self, settings, **kw: Any) -> None:
+        super().__init__(settings, **kw)
+        self.engine = None
+        self.sessions = None
+        self.catalogue: Catalogue | None = None
+
+    async def open_sink(self) -> None:
+        await asyncio.to_thread(db.migrate, self.settings)
+        self.engine = db.async_engine(self.settings)
+        self.sessions = db.sessionmaker(self.engine)
+        self.catalogue = Catalogue(self.settings, load_dictionary(self.settings.dictionary_file))
+
+    async def close_sink(self) -> None:
+        if self.engine is not None:
+            await self.engine.dispose()
+            self.engine = None
+
+    async def handle(self, records: list[Record]) -> list[Output]:
+        assert self.sessions is not None and self.catalogue is not None
+        items = [(r.value, _record_time(r)) for r in records]
+        try:
+            async with self.sessions() as session:
+                result = await self.catalogue.apply(session, items)
+        except Exception as exc:
+            if db.is_unavailable(exc):
+                raise db.CatalogueUnavailable(f"catalogue database unavailable: {exc}") from exc
+            if isinstance(exc, IntegrityError):  # another instance added the same row first: redo
+                raise db.CatalogueUnavailable(f"catalogue write conflict, redoing the batch: {exc}") from exc
+            raise
+        if result.products_added or result.samples_offered:
+            log.info("catalogue batch", extra={"records": len(records),
+                                               "products": result.products_added,
+                                               "samples": result.samples_offered})
+        return [self.dead_letter_for(records[r.index].topic, records[r.index].tp, records[r.index],
+                                     r.reason, **_exposure_field(records[r.index]))
+                for r in result.rejected]
+
+
+def _record_time(record: Record) -> dt.datetime:
+    return dt.datetime.fromtimestamp(record.timestamp / 1000.0, dt.timezone.utc).replace(tzinfo=None)
+
+
+def _exposure_field(record: Record) -> dict[str, Any]:
+    exp = getattr(record.value, "exposure_id", None)
+    return {"exposure_id": exp} if exp else {"apid": getattr(record.value, "apid", None)}
