@@ -154,6 +154,15 @@ class CalibrateSettings:
     refs_dir: str = ""
     #: pinned reference context (empty = the newest, "best")
     context: str = ""
+    #: exclusive access period of a program registered without one (0, 3, 6 or 12)
+    default_period_months: int = _n(12, ge=0, le=12)
+    #: lifetime of an API token issued by `downlink users add | token`
+    token_days: float = _n(365.0, gt=0)
+    #: largest page of a product search; engineering points returned at most per request
+    max_page_size: int = _n(1000, ge=1)
+    max_eng_points: int = _n(100_000, ge=10)
+    #: largest contributed product accepted by the upload endpoint
+    max_upload_bytes: int = _n(2 << 30, ge=1 << 10)
     #: programs whose exposures take the ToO lane (comma-separated program numbers)
     too_programs: str = ""
     #: worker processes for calibration (CPU-heavy numpy work)

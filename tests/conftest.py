@@ -8,6 +8,7 @@
   started is an error, never a skip; deselect with ``-m "not integration"``.
 - ``settings`` (function): Settings with a unique ``topic_prefix`` and temporary
   data/state dirs, so tests never see each other's topics, groups or files.
+- ``postgres`` (session): URL of a real PostgreSQL server started for the session.
 - ``topics``: every topics.yaml topic created under that prefix (deleted after).
 - ``topic_factory``, ``producer_factory``, ``consumer_factory``: started clients
   and ad-hoc topics, all stopped/deleted at teardown.
@@ -34,7 +35,7 @@ from streams.kafka import make_admin, make_consumer, make_producer, probe_kafka
 from streams.topics import create_topics, delete_topics, load_topics
 
 #: fixtures that need the real broker; a test using them must be marked integration
-_BROKER_FIXTURES = {"stack", "topics", "topic_factory", "producer_factory", "consumer_factory"}
+_BROKER_FIXTURES = {"stack", "topics", "topic_factory", "producer_factory", "consumer_factory", "postgres"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -90,6 +91,30 @@ def _mqtt_port(settings: Settings) -> int:
 def _kafka_port(settings: Settings) -> int:
     first = settings.kafka.bootstrap.split(",")[0].strip()
     return int(first.rsplit(":", 1)[1]) if ":" in first else settings.stack.kafka_port
+
+
+@pytest_asyncio.fixture(scope="session")
+async def postgres() -> AsyncIterator[str]:
+    """SQLAlchemy URL of a real PostgreSQL server started for this session (Debian package, run as
+    the postgres user) on a free port, in a world-searchable temp folder; stopped and removed after."""
+    import shutil
+    import socket
+    import tempfile
+
+    from downlink.stack.postgres import PostgresServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    state = Path(tempfile.mkdtemp(prefix="downlink-pg-"))
+    state.chmod(0o755)
+    server = PostgresServer(base_settings().replace(state_dir=state, stack_postgres_port=port))
+    await server.start()  # a server that cannot start is an error of the tests using it
+    try:
+        yield server.url()
+    finally:
+        await server.stop()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
