@@ -188,6 +188,8 @@ class RealtimeSettings:
     reconnect_max_seconds: float = _n(5.0, gt=0)
     #: alerts held while the broker is away (oldest dropped beyond this, counted)
     alert_queue: int = _n(10_000, ge=1)
+    #: samples queued for MQTT while connected; beyond it (or while away) only the latest per parameter
+    publish_queue: int = _n(100_000, ge=1)
     #: root of every MQTT topic
     topic_root: str = "jwst"
     #: MQTT-over-WebSocket URL the dashboard's browser connects to

@@ -6,7 +6,7 @@ and publishes what it returns. Per APID it drops repeats
 newest one already taken (a late, reordered packet never overwrites the
 current state); per parameter it runs a
 :class:`~consumers.realtime.limits.LimitTracker` over every new sample in time
-order and reports the latest sample as the current state.
+order and reports every new sample (the last one is the current state).
 
 The state can be seeded from the retained MQTT state of a previous run
 (:meth:`Board.seed`): limit states and the newest packet time per APID, so a
@@ -54,6 +54,7 @@ class Board:
     def __init__(self, dictionary: EngDictionary, rt: RealtimeSettings, root: str | None = None) -> None:
         self.dictionary = dictionary
         self.root = root if root is not None else rt.topic_root
+        self.max_age = rt.max_age_seconds
         self.params: dict[int, list[Parameter]] = dictionary.by_apid()
         self.limits: dict[str, LimitTracker] = {
             p.name: LimitTracker.for_parameter(p, persistence=rt.limit_persistence,
@@ -70,8 +71,12 @@ class Board:
         return f"{self.root}/eng/{p.subsystem}/{p.name}"
 
     # -- samples ----------------------------------------------------------------------------
-    def ingest(self, samples: Samples, now: float) -> Update:
-        """Take one APID batch; ``now`` is the caller's monotonic clock (staleness)."""
+    def ingest(self, samples: Samples, now: float, wall: float | None = None) -> Update:
+        """Take one APID batch; ``now`` is the caller's monotonic clock (staleness), ``wall``
+        the time of day (None: every sample is fresh).
+
+        ``states`` lists every new sample per parameter in time order while the batch is
+        fresh, only the newest when its raw chunk is older than ``max_age_seconds``."""
         up = Update()
         apid = samples.apid
         if len(samples) == 0:
@@ -93,7 +98,13 @@ class Board:
         self.newest[apid] = int(s.ticks[-1])
         self.stale.seen(apid, now)
         tai = s.tai
-        last = len(s) - 1
+        # every sample while fresh; a batch older than max_age only updates the current value
+        if wall is not None and wall - s.raw_ts > self.max_age:
+            rows = np.array([len(s) - 1])
+        else:
+            rows = np.arange(len(s))
+        times = [tai_to_iso(t) for t in tai[rows].tolist()]
+        seqs = s.seq[rows].tolist()
         for p in self.params[apid]:
             values = s.values[p.name]
             states, transitions = self.limits[p.name].update(values)
@@ -109,15 +120,15 @@ class Board:
                     "seq": int(s.seq[t.index]),
                     "yellow": list(p.yellow) if p.yellow else None,
                     "red": list(p.red) if p.red else None}))
-            payload = {"time": tai_to_iso(float(tai[last])), "tai": float(tai[last]),
-                       "raw": _json_number(s.raw[p.name][last]),
-                       "value": _json_number(values[last]), "unit": p.unit,
-                       "limit": LIMIT_NAMES[int(states[last])], "stale": False,
-                       "apid": apid, "seq": int(s.seq[last]), "contact": s.contact,
-                       "raw_ts": s.raw_ts}
             topic = self.topic(p)
-            self.current[topic] = (payload, s.raw_ts)
-            up.states.append((topic, payload, s.raw_ts))
+            raws, vals = s.raw[p.name][rows].tolist(), values[rows].tolist()
+            for k, i in enumerate(rows.tolist()):
+                payload = {"time": times[k], "tai": float(tai[i]), "raw": _json_number(raws[k]),
+                           "value": _json_number(vals[k]), "unit": p.unit,
+                           "limit": LIMIT_NAMES[int(states[i])], "stale": False,
+                           "apid": apid, "seq": seqs[k], "contact": s.contact, "raw_ts": s.raw_ts}
+                up.states.append((topic, payload, s.raw_ts))
+            self.current[topic] = (up.states[-1][1], s.raw_ts)
         return up
 
     # -- staleness ----------------------------------------------------------------------------

@@ -10,10 +10,12 @@ What it holds, all bounded:
 * ``current``: the latest payload per state topic (one per parameter, plus
   status topics): the *current state*. It is republished whole after every
   (re)connection, so a broker restarted without persistence gets it back.
-* ``dirty``: state topics changed since they were last published. A value
-  replaced before it went out is *superseded* (counted in
-  ``downlink_realtime_superseded_total``): while the broker is away only the
-  latest value per parameter is kept.
+* ``queue``: while connected, every sample handed over, in order (operators
+  and plots get every value), bounded by ``realtime.publish_queue``.
+* ``dirty``: state topics changed but not yet published while the broker is
+  away (or the queue is full): there only the latest value per parameter is
+  kept, and a value replaced before it went out is *superseded* (counted in
+  ``downlink_realtime_superseded_total``).
 * ``alerts``: a queue of QoS 1 events (oldest dropped beyond
   ``realtime.alert_queue``, counted); an alert leaves the queue only once the
   broker acknowledged it (at-least-once).
@@ -72,6 +74,7 @@ class MqttPublisher:
         self.will_topic, self.will_payload = will_topic, will_payload
         self.clock = clock
         self.current: dict[str, StateEntry] = {}
+        self.queue: collections.deque[tuple[str, StateEntry]] = collections.deque()
         self.dirty: dict[str, None] = {}  # insertion-ordered set
         self.alerts: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self.connected = False
@@ -87,12 +90,28 @@ class MqttPublisher:
 
     # what the service hands over (never blocks) -------------------------------------------
     def set_state(self, topic: str, payload: dict[str, Any], received_at: float | None = None) -> None:
+        entry = self.current[topic] = StateEntry(payload, received_at)
+        if self.connected and len(self.queue) < self.rt.publish_queue:
+            self.queue.append((topic, entry))
+        else:
+            self._latest_only(topic)
+        self._kick()
+
+    def _latest_only(self, topic: str) -> None:
         if topic in self.dirty:
             self.superseded += 1
             metrics.REALTIME_SUPERSEDED.inc()
-        self.current[topic] = StateEntry(payload, received_at)
         self.dirty[topic] = None
-        self._kick()
+
+    def _collapse(self) -> None:
+        """The broker went away: what was queued is kept as latest values only."""
+        while self.queue:
+            topic, entry = self.queue.popleft()
+            if self.current.get(topic) is not entry:
+                self.superseded += 1
+                metrics.REALTIME_SUPERSEDED.inc()
+            else:
+                self._latest_only(topic)
 
     def mark_dirty(self, topic: str) -> None:
         if topic in self.current:
@@ -113,7 +132,7 @@ class MqttPublisher:
 
     @property
     def pending(self) -> int:
-        return len(self.dirty) + len(self.alerts)
+        return len(self.queue) + len(self.dirty) + len(self.alerts)
 
     async def flush(self, timeout: float) -> bool:
         """Wait (while connected, at most ``timeout`` s) until everything handed over went out."""
@@ -183,6 +202,7 @@ class MqttPublisher:
         if self.connected:
             self.connected = False
             metrics.REALTIME_CONNECTED.set(0)
+        self._collapse()
         self._idle.set()  # nobody waits on a broker that is away
 
     async def _drain_forever(self, client: aiomqtt.Client, stopping: asyncio.Event) -> None:
@@ -194,18 +214,16 @@ class MqttPublisher:
                 self.alerts.popleft()
                 self.published += 1
                 metrics.REALTIME_PUBLISHED.labels("alert").inc()
-            while self.dirty and not self.alerts:
+            while self.queue and not self.alerts:
+                topic, entry = self.queue[0]
+                await self._publish_state(client, topic, entry)
+                self.queue.popleft()
+            while self.dirty and not self.alerts and not self.queue:
                 topic = next(iter(self.dirty))
                 entry = self.current[topic]
-                await client.publish(topic, self.render(entry, self.clock()), qos=0, retain=True,
-                                     timeout=5.0)
+                await self._publish_state(client, topic, entry)
                 if self.dirty.get(topic, 0) is None and self.current.get(topic) is entry:
                     del self.dirty[topic]
-                self.published += 1
-                metrics.REALTIME_PUBLISHED.labels(
-                    "eng" if "/eng/" in topic else "status").inc()
-                if self.on_published is not None:
-                    self.on_published(topic, entry)
             if not self.pending:
                 self._idle.set()
                 if stopping.is_set():
@@ -218,6 +236,14 @@ class MqttPublisher:
                 finally:
                     waiter.cancel()
                     stopper.cancel()
+
+
+    async def _publish_state(self, client: aiomqtt.Client, topic: str, entry: StateEntry) -> None:
+        await client.publish(topic, self.render(entry, self.clock()), qos=0, retain=True, timeout=5.0)
+        self.published += 1
+        metrics.REALTIME_PUBLISHED.labels("eng" if "/eng/" in topic else "status").inc()
+        if self.on_published is not None:
+            self.on_published(topic, entry)
 
 
 async def read_retained(settings: Settings, patterns: list[str], timeout: float = 3.0) -> dict[str, bytes]:

@@ -93,7 +93,7 @@ class Realtime(SinkService):
 
     async def stop(self) -> None:
         """Say goodbye on the status topic and let the publisher drain (bounded) before stopping."""
-        if self.state == "running" and self._pub_task is not None and not self._pub_task.done():
+        if self._pub_task is not None and not self._pub_task.done():
             self.publisher.set_state(self.status_topic, {**self._status_base(), "online": False,
                                                          "reason": "stopped"})
             self._stopping.set()
@@ -113,7 +113,7 @@ class Realtime(SinkService):
                     out.append(self.dead_letter_for(rec.topic, rec.tp, rec, f"CodecError: {exc}",
                                                     apid=value.apid, contact=value.contact))
                     continue
-                update = self.board.ingest(samples, now)
+                update = self.board.ingest(samples, now, time.time())
                 for topic, payload, received in update.states:
                     self.publisher.set_state(topic, payload, received)
                 for kind, payload in update.alerts:

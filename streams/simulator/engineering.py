@@ -143,11 +143,19 @@ class EngModel:
             return np.clip(np.round(x), info.min, info.max).astype(dt.newbyteorder("="))
         return x.astype(dt.newbyteorder("="))
 
-    def blocks(self, apid: int, times: np.ndarray, source: int, key: int) -> np.ndarray:
-        """Parameter blocks of ``apid`` sampled at ``times``: (n, block length) uint8."""
+    def blocks(self, apid: int, times: np.ndarray, source: int, key: int,
+               values_out: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """Parameter blocks of ``apid`` sampled at ``times``: (n, block length) uint8.
+
+        ``values_out``, when given, receives the engineering values before quantization.
+        """
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x424C4B, apid, source, key]))
-        raw = {p.name: self.to_raw(p, self.values(p, times, source, rng))
-               for p in self.dictionary.by_apid()[apid]}
+        raw = {}
+        for p in self.dictionary.by_apid()[apid]:
+            eng = self.values(p, times, source, rng)
+            if values_out is not None:
+                values_out[p.name] = eng
+            raw[p.name] = self.to_raw(p, eng)
         return self.dictionary.encode_many(apid, raw, n=len(times))
 
 

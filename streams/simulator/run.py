@@ -188,6 +188,46 @@ def simulate(options: SimOptions, out: Output, truth: str | Path | None = None,
     return result
 
 
+@dataclass(frozen=True)
+class EngTruth:
+    """The real-time engineering samples of one APID in contact 1, as the simulator made them."""
+
+    apid: int
+    times: np.ndarray  # TAI seconds (before quantization to the packet time code)
+    raw: np.ndarray  # structured, one field per parameter (what the packets carry)
+    values: dict[str, np.ndarray]  # engineering values before raw quantization
+
+
+def realtime_truth(options: SimOptions) -> list[EngTruth]:
+    """Regenerate contact 1's real-time engineering from the seed and options alone.
+
+    The truth file lists only limit excursions; this replays steps 1-5 of
+    :func:`simulate` (no rendering, no faults) so a test can compare every
+    published parameter with what was sent. Packets dropped by faults are
+    still listed here.
+    """
+    spec = options.faults
+    dictionary = load_dictionary(options.dictionary)
+    seed = options.seed
+    t0 = options.start_tai if options.start_tai is not None else \
+        tai_from_iso(_DEFAULT_EPOCH) + (seed % 1000) * CONTACT_SPACING_S
+    plan = _plan(options, dictionary, t0)
+    dump, _ = build_dump(plan, dictionary)
+    dump1 = cut_dump(dump, plan)[0] if spec.split else dump
+    sched1 = interleave_realtime(dump1, options.contact_id, t0, t0, dictionary, options.rate_bytes_per_s)
+    model = EngModel(dictionary, seed)
+    model.add_excursions(int(Source.RECORDED), plan.start_tai - 60.0, plan.end_tai, None, key=0)
+    model.add_excursions(int(Source.REALTIME), t0, t0 + sched1.seconds, options.contact_id, key=1)
+    out = []
+    for s in sched1.series:
+        times = np.asarray(s.times, dtype=np.float64)
+        values: dict[str, np.ndarray] = {}
+        blocks = model.blocks(s.apid, times, s.source, 1, values_out=values)
+        raw = dictionary.decode_many(s.apid, blocks, header=False)
+        out.append(EngTruth(s.apid, times, raw, values))
+    return out
+
+
 def check_outputs(options: SimOptions, out: Output, next_out: Output | None) -> None:
     """Refuse output combinations that cannot work, before any work is done."""
     if options.faults.needs_next_contact and next_out is None:

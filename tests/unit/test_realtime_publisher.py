@@ -40,3 +40,14 @@ def test_old_values_are_never_rendered_as_current():
 def test_broker_address():
     assert broker_address("mqtt://h:1884") == ("h", 1884, "tcp")
     assert broker_address("ws://127.0.0.1:9001") == ("127.0.0.1", 9001, "websockets")
+
+
+def test_every_sample_queued_while_connected_collapses_to_latest_when_the_broker_goes():
+    p = publisher()
+    p.connected = True
+    for i in range(5):
+        p.set_state("jwst/eng/power/A", {"value": i})
+    assert [e.payload["value"] for _, e in p.queue] == [0, 1, 2, 3, 4] and p.superseded == 0
+    p._mark_down()
+    assert not p.queue and list(p.dirty) == ["jwst/eng/power/A"] and p.superseded == 4
+    assert p.current["jwst/eng/power/A"].payload == {"value": 4}

@@ -90,18 +90,27 @@ def rt(**kw):
     return Settings().replace(**kw).realtime
 
 
-def test_board_publishes_latest_and_never_repeats_or_goes_back():
+def test_board_publishes_every_sample_and_never_repeats_or_goes_back():
     board = Board(D, rt())
     up = board.ingest(decommutate(D, batch([1, 2, 3])), now=0.0)
     topics = {t for t, _, _ in up.states}
     assert topics == {f"jwst/eng/{p.subsystem}/{p.name}" for p in D.by_apid()[APID]}
-    payload = next(p for t, p, _ in up.states if t.endswith("EPS_BUS_VOLTAGE"))
-    assert payload["seq"] == 3 and payload["limit"] == "nominal" and payload["unit"] == "V"
+    volts = [p for t, p, _ in up.states if t.endswith("EPS_BUS_VOLTAGE")]
+    assert [p["seq"] for p in volts] == [1, 2, 3]
+    payload = volts[-1]
+    assert payload["limit"] == "nominal" and payload["unit"] == "V"
+    assert board.current["jwst/eng/power/EPS_BUS_VOLTAGE"][0] == payload
     assert set(payload) >= {"time", "raw", "value", "unit", "limit", "stale"}
     again = board.ingest(decommutate(D, batch([2, 3])), now=0.0)
     assert again.states == [] and again.duplicates == 2
     older = board.ingest(decommutate(D, batch([5], ticks=[T0])), now=0.0)  # late, reordered
     assert older.states == [] and older.late == 1
+
+
+def test_board_old_batches_update_only_the_current_value():
+    board = Board(D, rt(realtime_max_age_seconds=10.0))
+    up = board.ingest(decommutate(D, batch([1, 2, 3])), now=0.0, wall=1.0 + 11.0)  # raw_ts 1 s
+    assert [p["seq"] for t, p, _ in up.states if t.endswith("EPS_BUS_VOLTAGE")] == [3]
 
 
 def test_board_limit_transition_once_and_seed_prevents_reannouncing():

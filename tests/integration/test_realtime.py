@@ -1,0 +1,191 @@
+"""realtime on the real broker and the real Mosquitto: values, limits, alerts, restarts.
+
+Each test gets its own topic prefix and its own MQTT topic root
+(``<prefix>jwst``), so tests never see each other's retained state; the
+retained topics a test leaves are cleared at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import numpy as np
+import pytest
+
+from consumers.framework.runner import run_services
+from consumers.realtime.decom import FINE_PER_S
+from consumers.realtime.publisher import broker_address
+from core.settings import Settings
+from streams.dictionary import load_dictionary
+from streams.kafka import make_consumer
+from streams.simulator.emit import time_code
+from streams.simulator.options import FaultSpec, SimOptions
+from streams.simulator.run import realtime_truth, simulate
+from tests.integration.helpers import ingest
+
+pytestmark = pytest.mark.integration
+
+D = load_dictionary()
+#: a slow simulated downlink: a few MB of contact then span tens of seconds of real-time engineering
+RATE = 100_000.0
+
+
+def rt_settings(settings: Settings, **kw: Any) -> Settings:
+    return settings.replace(realtime_topic_root=f"{settings.topic_prefix}jwst",
+                            realtime_heartbeat_seconds=0.5, run_idle_seconds=1.5, **kw)
+
+
+def sim(tmp: Path, *, seed: int, contact: str, exposures: int = 12, faults: str = "",
+        rate: float = RATE) -> tuple[Path, dict[str, Any], SimOptions]:
+    options = SimOptions(seed=seed, exposures=exposures, contact=contact, rate_bytes_per_s=rate,
+                         faults=FaultSpec.parse(faults) if faults else FaultSpec())
+    path = tmp / f"{contact}.bin"
+    result = simulate(options, path)
+    return path, result.truth, options
+
+
+class MqttTap:
+    """Every message under a topic root, with the wall time it arrived (a background subscriber)."""
+
+    def __init__(self, settings: Settings, url: str | None = None) -> None:
+        self.settings = settings
+        self.url = url or settings.mqtt.url
+        self.root = settings.realtime.topic_root
+        self.messages: list[tuple[str, dict[str, Any], bool, float]] = []
+        self._task: asyncio.Task | None = None
+        self._ready = asyncio.Event()
+
+    async def __aenter__(self) -> "MqttTap":
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self._ready.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+            await self._task
+
+    async def _run(self) -> None:
+        host, port, transport = broker_address(self.url)
+        while True:
+            try:
+                async with aiomqtt.Client(host, port, transport=transport) as client:  # type: ignore[arg-type]
+                    await client.subscribe(f"{self.root}/#", qos=1)
+                    self._ready.set()
+                    async for m in client.messages:
+                        if not m.payload:
+                            continue
+                        self.messages.append((str(m.topic), json.loads(m.payload), bool(m.retain),
+                                              time.time()))
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.3)  # a private broker being restarted by the test
+
+    def eng(self, live_only: bool = True) -> list[tuple[str, dict[str, Any]]]:
+        return [(t, p) for t, p, r, _ in self.messages
+                if "/eng/" in t and not (live_only and r)]
+
+    def alerts(self, kind: str | None = None) -> list[dict[str, Any]]:
+        return [p for t, p, _, _ in self.messages
+                if t.startswith(f"{self.root}/alerts/") and (kind is None or t.endswith("/" + kind))]
+
+    async def wait_for(self, predicate, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError("timed out waiting for MQTT messages")
+            await asyncio.sleep(0.1)
+
+
+async def retained(settings: Settings, url: str | None = None) -> dict[str, dict[str, Any]]:
+    """The retained messages under the test's root now (a fresh subscriber)."""
+    from consumers.realtime.publisher import read_retained
+
+    s = settings if url is None else settings.replace(mqtt_url=url)
+    raw = await read_retained(s, [f"{settings.realtime.topic_root}/#"], timeout=10.0)
+    return {t: json.loads(v) for t, v in raw.items()}
+
+
+async def clear_retained(settings: Settings, url: str | None = None) -> None:
+    host, port, transport = broker_address(url or settings.mqtt.url)
+    topics = await retained(settings, url)
+    with contextlib.suppress(aiomqtt.MqttError):
+        async with aiomqtt.Client(host, port, transport=transport) as client:  # type: ignore[arg-type]
+            for topic in topics:
+                await client.publish(topic, b"", qos=1, retain=True)
+
+
+def truth_by_packet(options: SimOptions) -> dict[int, dict[int, int]]:
+    """APID -> packet time (2^-16 s) -> row of that sample in the regenerated truth."""
+    out: dict[int, dict[int, int]] = {}
+    for t in realtime_truth(options):
+        coarse, fine = time_code(t.times)
+        ticks = (coarse.astype(np.int64) << 16) | fine.astype(np.int64)
+        out[t.apid] = {int(k): i for i, k in enumerate(ticks.tolist())}
+    return out
+
+
+async def _run_until_idle(settings: Settings, names: list[str]) -> None:
+    assert await run_services(settings, names, until_idle=True) == 0
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+async def test_every_parameter_matches_the_simulator_truth(settings, topics, tmp_path):
+    settings = rt_settings(settings)
+    path, truth, options = sim(tmp_path, seed=21, contact="RT1")
+    series = {t.apid: t for t in realtime_truth(options)}
+    rows = truth_by_packet(options)
+    ingest(settings, path, "RT1")
+    try:
+        async with MqttTap(settings) as tap:
+            await _run_until_idle(settings, ["demux", "realtime"])
+            await asyncio.sleep(0.5)
+        eng = tap.eng()
+        seen_params = set()
+        for topic, payload in eng:
+            name = topic.rsplit("/", 1)[1]
+            p = D.parameter(name)
+            assert topic == f"{settings.realtime.topic_root}/eng/{p.subsystem}/{p.name}"
+            assert set(payload) >= {"time", "raw", "value", "unit", "limit", "stale"}
+            row = rows[p.apid][int(round(payload["tai"] * FINE_PER_S))]
+            t = series[p.apid]
+            assert payload["raw"] == t.raw[p.name][row].item(), (name, payload)
+            assert payload["value"] == pytest.approx(float(p.calibrate(t.raw[p.name][row])), rel=1e-12, abs=1e-12)
+            if p.model == "analog":  # the simulator's value before quantization, within one raw step
+                step = abs(p.calibration[1]) if len(p.calibration) == 2 else 1e-3 * abs(t.values[name][row])
+                assert abs(payload["value"] - t.values[name][row]) <= step, (name, payload)
+            assert payload["unit"] == p.unit and payload["stale"] is False
+            seen_params.add(name)
+        assert seen_params == {p.name for p in D.parameters}
+        # every real-time sample sent is published once per parameter, none twice
+        published = Counter((t, p["tai"]) for t, p in eng)
+        assert set(published.values()) == {1}
+        for apid, ser in series.items():
+            n_params = len(D.by_apid()[apid])
+            got = sum(1 for (t, _), _ in published.items() if D.parameter(t.rsplit("/", 1)[1]).apid == apid)
+            assert got == len(ser.times) * n_params, f"APID 0x{apid:03x}"
+        # the retained state is each parameter's last sample
+        state = await retained(settings)
+        for p in D.parameters:
+            last = series[p.apid].raw[p.name][-1].item()
+            assert state[f"{settings.realtime.topic_root}/eng/{p.subsystem}/{p.name}"]["raw"] == last
+        # limit excursions of the real-time stream were announced
+        limit_alerts = tap.alerts("limit")
+        for ex in truth["eng_excursions"]:
+            if ex["source"] == 0:
+                assert any(a["parameter"] == ex["parameter"] and a["to"] == ex["level"]
+                           for a in limit_alerts), ex
+        status = state[f"{settings.realtime.topic_root}/status/realtime"]
+        assert "lag" in status and "last_packet_age_s" in status
+        contact = state[f"{settings.realtime.topic_root}/status/contact"]
+        assert contact["contact"] == "RT1" and contact["packets"] == truth["contacts"][0]["packets"]
+    finally:
+        await clear_retained(settings)
