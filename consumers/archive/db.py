@@ -113,6 +113,7 @@ def migrate(settings: Settings, revision: str = "head") -> None:
     """``alembic upgrade head`` on the configured database (idempotent; run before serving)."""
     from alembic import command
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line per plugin otherwise
     try:
         command.upgrade(alembic_config(settings), revision)
     except sa_exc.OperationalError as exc:
