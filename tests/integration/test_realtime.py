@@ -189,3 +189,98 @@ async def test_every_parameter_matches_the_simulator_truth(settings, topics, tmp
         assert contact["contact"] == "RT1" and contact["packets"] == truth["contacts"][0]["packets"]
     finally:
         await clear_retained(settings)
+
+
+def _expected_gaps(truth: dict[str, Any], contact: str) -> Counter:
+    gaps: Counter = Counter()
+    for key, acct in truth["accounting"][contact].items():
+        apid, source = (int(x) for x in key.split("/"))
+        for first, count in acct["gaps"]:
+            gaps[(apid, source, first, count)] += 1
+    return gaps
+
+
+def _published_gaps(tap: MqttTap) -> Counter:
+    return Counter((a["apid"], a["source"], a["first_seq"], a["count"]) for a in tap.alerts("gap"))
+
+
+async def test_gap_alerts_once_per_range_and_never_twice_after_a_restart(settings, topics, tmp_path,
+                                                                        producer_factory):
+    settings = rt_settings(settings)
+    path, truth, _ = sim(tmp_path, seed=22, contact="GAP1", faults="drop=0.01")
+    expected = _expected_gaps(truth, "GAP1")
+    assert sum(expected.values()) >= 5
+    ingest(settings, path, "GAP1")
+    try:
+        async with MqttTap(settings) as tap:
+            await _run_until_idle(settings, ["demux", "realtime"])
+            await tap.wait_for(lambda: sum(_published_gaps(tap).values()) >= sum(expected.values()))
+            await asyncio.sleep(0.5)
+            assert _published_gaps(tap) == expected
+            for a in tap.alerts("gap"):
+                assert a["contact"] == "GAP1" and a["ranges"] == [[a["first_seq"], a["count"]]]
+            assert tap.alerts("contact"), "the end of contact is announced"
+            # a demux that crashed re-sends its alerts: copy every ops.alerts record once more
+            producer = await producer_factory()
+            reader = make_consumer(settings, settings.topic("ops.alerts"), group=None,
+                                   auto_offset_reset="earliest")
+            await reader.start()
+            try:
+                batch = await reader.getmany(timeout_ms=3000)
+                records = [r for recs in batch.values() for r in recs]
+            finally:
+                await reader.stop()
+            assert records
+            for r in records:
+                await producer.send_and_wait(settings.topic("ops.alerts"), r.value, key=r.key)
+            before = len(tap.alerts())
+            # a new realtime process (fresh memory) reads the replayed alerts
+            await _run_until_idle(settings, ["realtime"])
+            await asyncio.sleep(1.0)
+            assert len(tap.alerts()) == before, tap.alerts()[before:]
+            assert _published_gaps(tap) == expected
+    finally:
+        await clear_retained(settings)
+
+
+async def test_oscillation_is_one_transition_and_persistence_delays_by_n(settings, topics,
+                                                                        producer_factory):
+    from consumers.realtime.decom import encode_batch
+
+    n = 3
+    settings = rt_settings(settings, realtime_limit_persistence=n, realtime_limit_deadband=0.05)
+    p = D.parameter("EPS_BUS_VOLTAGE")
+    others = [q for q in D.by_apid()[p.apid] if q.name != p.name]
+    ylo, yhi = p.yellow
+    width = yhi - ylo
+    # nominal for 10 samples, then noise of +-1% of the band around the yellow high limit
+    rng = np.random.default_rng(5)
+    eng = np.concatenate([np.full(10, (ylo + yhi) / 2), yhi + 0.01 * width * rng.uniform(-1, 1, 200)])
+    eng[10:10 + n] = yhi + 0.005 * width  # the first n samples beyond: the transition is at the n-th
+    seq = np.arange(len(eng))
+    ticks = (np.int64(2_100_000_000) << 16) + seq * (1 << 16)
+    raw = {q.name: np.full(len(eng), ((q.nominal or 0) - q.calibration[0]) / q.calibration[1])
+           for q in others}
+    raw[p.name] = (eng - p.calibration[0]) / p.calibration[1]
+    producer = await producer_factory()
+    try:
+        async with MqttTap(settings) as tap:
+            runner = asyncio.create_task(run_services(settings, ["realtime"]))
+            for lo in range(0, len(eng), 7):  # small batches, as the fast lane sends them
+                sl = slice(lo, lo + 7)
+                b = encode_batch(D, "OSC1", p.apid, seq[sl], ticks[sl],
+                                 {k: v[sl] for k, v in raw.items()}, raw_ts_ms=int(time.time() * 1000))
+                await producer.send_and_wait(settings.topic("tlm.eng.realtime"), b.encode(),
+                                             key=str(p.apid).encode())
+            await tap.wait_for(lambda: any(pl["seq"] == len(eng) - 1 for t, pl in tap.eng()
+                                           if t.endswith(p.name)))
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        limit = [a for a in tap.alerts("limit") if a["parameter"] == p.name]
+        assert [(a["from"], a["to"], a["seq"]) for a in limit] == [("nominal", "yellow", 10 + n - 1)]
+        states = {pl["seq"]: pl["limit"] for t, pl in tap.eng() if t.endswith(p.name)}
+        assert states[10 + n - 2] == "nominal" and states[10 + n - 1] == "yellow"
+        assert {states[s] for s in range(10 + n - 1, len(eng))} == {"yellow"}
+    finally:
+        await clear_retained(settings)
