@@ -131,6 +131,8 @@ class MetricsSettings:
     port: int = _n(0, ge=0, le=65535)
     #: bind address (0.0.0.0 in containers, where Prometheus scrapes from another host)
     host: str = "127.0.0.1"
+    #: period of the runner's sampler (consumer lag per partition, data disk free)
+    sample_seconds: float = _n(2.0, gt=0)
 
 
 @dataclass(frozen=True)

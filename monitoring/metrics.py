@@ -1,7 +1,16 @@
-"""Prometheus metrics of every service, defined once.
+"""Prometheus metrics of every service, defined once (the one place; docs/operations.md lists them).
 
-Labels stay bounded: consumer name, APID, source, topic, reason — never an
-exposure id or contact id (those go to logs and ops.alerts instead).
+Names are ``downlink_<what>_<unit>`` (``_total`` for counters). Labels stay
+bounded: service, APID, source, topic, partition, priority, level, status,
+reason (a short class, never a free message) — never an exposure id or a
+contact id (those go to logs and ops.alerts instead). The alert rules and the
+Grafana dashboard may only name metrics defined here; a unit test checks it,
+and another scans the registry after a real run for unbounded labels.
+
+Sections: framework (every service), demux/l0, calibration, real time, host.
+A service imports the objects it updates; the runner's sampler
+(:func:`monitoring.sampler.sample_forever`, started by the runner) sets the lag and disk
+gauges for every service it runs.
 """
 
 from __future__ import annotations
@@ -10,8 +19,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 PACKETS_IN = Counter("downlink_packets_total", "Packets decoded from the raw stream", ["apid", "source"])
 BYTES_IN = Counter("downlink_raw_bytes_total", "Raw contact bytes consumed by demux")
-MESSAGES_OUT = Counter("downlink_messages_out_total", "Kafka messages produced", ["consumer", "topic"])
-BYTES_OUT = Counter("downlink_bytes_out_total", "Bytes produced to Kafka", ["consumer", "topic"])
+MESSAGES_OUT = Counter("downlink_messages_out_total", "Kafka messages produced", ["service", "topic"])
+BYTES_OUT = Counter("downlink_bytes_out_total", "Bytes produced to Kafka", ["service", "topic"])
 SEQ_GAPS = Counter("downlink_sequence_gaps_total", "Sequence-count gaps (events)", ["apid", "source"])
 SEQ_MISSING = Counter("downlink_packets_missing_total", "Packets missing in sequence gaps", ["apid", "source"])
 SEQ_DUPLICATES = Counter("downlink_packets_duplicate_total", "Duplicate packets", ["apid", "source"])
@@ -25,9 +34,10 @@ RAW_TO_L0 = Histogram(
     "downlink_raw_to_l0_seconds", "Wall time from a raw chunk's publication to the L0 file holding it",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
-CONSUMER_LAG = Gauge("downlink_consumer_lag_messages", "Messages not yet consumed", ["consumer", "topic"])
-TRANSACTIONS = Counter("downlink_transactions_total", "Kafka transactions committed", ["consumer"])
-CONSUMER_UP = Gauge("downlink_consumer_up", "1 while a consumer's task runs", ["consumer"])
+CONSUMER_LAG = Gauge("downlink_consumer_lag_messages", "Messages not yet consumed, summed over the "
+                     "partitions a service holds (set by the runner's sampler)", ["service", "topic"])
+TRANSACTIONS = Counter("downlink_transactions_total", "Kafka transactions committed", ["service"])
+CONSUMER_UP = Gauge("downlink_consumer_up", "1 while a service runs (0 once stopped)", ["service"])
 DEADLETTER_RECORDS = Counter("downlink_deadletter_records_total",
                              "Records a service could not use, sent to the dead-letter topic",
                              ["service", "reason"])
@@ -45,9 +55,49 @@ REALTIME_LIMIT_TRANSITIONS = Counter("downlink_realtime_limit_transitions_total"
                                      "Limit state changes", ["level"])
 REALTIME_CONNECTED = Gauge("downlink_realtime_mqtt_connected", "1 while realtime is connected to the broker")
 REALTIME_LATENCY = Histogram(
-    "downlink_realtime_latency_seconds", "Raw chunk produced to its engineering value published on MQTT",
+    "downlink_rt_packet_to_mqtt_seconds", "Real-time packet received to its engineering value published on MQTT",
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+# --- framework: every consuming service (the runner's sampler sets these) -----------------------
+RECORDS_IN = Counter("downlink_records_in_total", "Kafka records a service consumed past (offsets "
+                     "advanced; a batch redone after an abort counts once)", ["service", "topic"])
+PARTITION_LAG = Gauge("downlink_partition_lag_messages", "Messages of one partition not yet consumed "
+                      "by a service (last stable offset - position)", ["service", "topic", "partition"])
+# --- l0 ---------------------------------------------------------------------------------------
+OLDEST_OPEN_EXPOSURE_AGE = Gauge("downlink_l0_oldest_open_exposure_age_seconds",
+                                 "Seconds since the oldest exposure still being assembled was opened "
+                                 "(0 when none is open)")
+# --- l1b and calibration ------------------------------------------------------------------------
+L1B_WRITTEN = Counter("downlink_l1b_written_total", "L1b (_uncal.fits) files written", ["priority"])
+CAL_PRODUCTS_WRITTEN = Counter("downlink_cal_products_written_total",
+                               "Calibrated products written", ["level", "priority"])  # level: l2a | l2b | l3
+CAL_STEP_SECONDS = Histogram(
+    "downlink_cal_step_seconds", "Wall time of one calibration step on one exposure", ["step"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+L0_TO_L2B_SECONDS = Histogram(
+    "downlink_l0_to_l2b_seconds", "L0 file written to its L2b product written", ["priority"],
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 3 * 3600, 12 * 3600, 86400, 5 * 86400, 10 * 86400),
+)
+TOO_LATENCY_SECONDS = Histogram(
+    "downlink_too_raw_to_l2a_seconds", "ToO exposure: raw chunk published to its L2a product written",
+    buckets=(5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600),
+)
+L2B_WITHIN_5_DAYS = Gauge("downlink_l2b_within_5_days_ratio",
+                          "Share of the exposures (last 30 days) whose L2b was written within 5 days "
+                          "of their L0 (the calibration SLO; 1 = all)")
+ARCHIVE_RECORDS = Counter("downlink_archive_records_total", "Catalogue rows written by archive",
+                          ["kind"])  # product | engineering
+# --- real time --------------------------------------------------------------------------------
+MQTT_CONNECTED = REALTIME_CONNECTED
+RT_PACKET_TO_MQTT_SECONDS = REALTIME_LATENCY
+RT_LAST_PACKET_AGE = Gauge("downlink_rt_last_packet_age_seconds",
+                           "Seconds since the newest real-time packet of an APID (set at each heartbeat)",
+                           ["apid"])
+# --- host -------------------------------------------------------------------------------------
+DATA_DISK_FREE_BYTES = Gauge("downlink_data_disk_free_bytes", "Free bytes on the data directory's file system")
+DATA_DISK_SIZE_BYTES = Gauge("downlink_data_disk_size_bytes", "Size of the data directory's file system")
 
 
 def serve(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> None:
