@@ -18,6 +18,7 @@ from consumers.framework import registry
 from consumers.framework.service import Service
 from core.settings import Settings
 from monitoring import metrics
+from monitoring.sampler import sample_forever
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,8 @@ async def run_services(settings: Settings, names: list[str], *, until_idle: bool
             started.append(s)
         tasks = {asyncio.create_task(s.run(), name=f"service:{s.name}") for s in services}
         waiters = {asyncio.create_task(stop.wait(), name="signal"),
-                   asyncio.create_task(_watch_health(services), name="health")}
+                   asyncio.create_task(_watch_health(services), name="health"),
+                   asyncio.create_task(sample_forever(settings, services), name="metrics")}
         if until_idle:
             waiters.add(asyncio.create_task(_idle(services, settings.run.idle_seconds), name="idle"))
         done, _ = await asyncio.wait(tasks | waiters, return_when=asyncio.FIRST_COMPLETED)
