@@ -1,0 +1,61 @@
+"""Packet identity is collision-free and sorts in canonical order; geometry gives the expected set."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from consumers.l0.identity import Geometry, Limits, identity, split_identity
+from streams.decoder import decode_all
+from streams.packets import ExposureStart, Kind
+from tests.unit.l0_fixtures import data_packet, exposure
+
+_u16 = st.integers(1, 0xFFFF)
+_u32 = st.integers(0, 0xFFFF_FFFF)
+
+
+def _index(fields):
+    raw = b"".join(data_packet(i, g, o, 1) for i, g, o in fields)
+    return decode_all(raw).packets
+
+
+@given(st.lists(st.tuples(_u16, _u16, _u32), min_size=2, max_size=40, unique=True))
+@settings(max_examples=200, deadline=None)
+def test_distinct_fields_give_distinct_identities(fields):
+    keys = identity(_index(fields))
+    assert len(set(keys.tolist())) == len(fields)
+    kind, i, g, o = split_identity(keys)
+    assert list(zip(i.tolist(), g.tolist(), o.tolist())) == fields
+    assert set(kind.tolist()) == {int(Kind.SCIENCE_DATA)}
+
+
+def test_offset_2_28_is_not_the_next_group():
+    """The old identity ORed the offset into the group bits: (g=1, o=2**28) was (g=2, o=0)."""
+    keys = identity(_index([(1, 1, 1 << 28), (1, 2, 0), (1, 1, 1 << 31), (2, 1, 0)]))
+    assert len(set(keys.tolist())) == 4
+
+
+def test_identity_sorts_in_canonical_order():
+    packets = exposure(100, 90, 3, nints=2)
+    d = decode_all(b"".join(reversed(packets)))
+    order = np.argsort(identity(d.packets), kind="stable")
+    assert d.packets_bytes(order) == b"".join(packets)
+
+
+def test_expected_keys_match_a_full_exposure():
+    packets = exposure(100, 90, 3, nints=2)
+    d = decode_all(b"".join(packets))
+    start = ExposureStart(2, 3, 1, 0, 1, 1, 100, 90, 18, 1, "R", "E", "T")
+    geo = Geometry.check(start, 3, Limits())
+    assert isinstance(geo, Geometry) and geo.expected == 18
+    data = identity(d.packets)[d.packets.kind == Kind.SCIENCE_DATA]
+    assert np.array_equal(np.sort(data), geo.expected_keys())
+
+
+def test_limits_bound_the_geometry():
+    start = ExposureStart(10, 10, 1, 0, 1, 1, 2048, 2048, 10 * 10 * 1049, 1, "R", "E", "T")
+    assert isinstance(Geometry.check(start, 3, Limits()), Geometry)
+    assert isinstance(Geometry.check(start, 3, Limits(max_exposure_bytes=1 << 20)), str)
+    assert isinstance(Geometry.check(start, 3, Limits(max_nints=5)), str)
+    miri = ExposureStart(1, 1, 1, 0, 1, 1, 2048, 1024, 525, 1, "R", "E", "T")
+    assert isinstance(Geometry.check(miri, 11, Limits()), str)  # MIRI is 1032 columns wide
