@@ -30,6 +30,11 @@ RESYNCS = Counter("downlink_resyncs_total", "Decoder resynchronisations", ["reas
 OPEN_EXPOSURES = Gauge("downlink_l0_open_exposures", "Exposures being assembled")
 L0_WRITTEN = Counter("downlink_l0_written_total", "L0 files written", ["status"])  # complete | partial
 L0_BYTES = Counter("downlink_l0_bytes_total", "Bytes written to L0 files")
+L0_REJECTED = Counter("downlink_l0_rejected_packets_total",
+                      "Science packets l0 rejected (validation against the format and the exposure "
+                      "start), sent to the dead-letter topic", ["reason"])
+L0_CONFLICTS = Counter("downlink_l0_conflicts_total",
+                       "Packet identities seen with two different contents (both kept aside)")
 RAW_TO_L0 = Histogram(
     "downlink_raw_to_l0_seconds", "Wall time from a raw chunk's publication to the L0 file holding it",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),

@@ -247,6 +247,10 @@ class L0State(Message):
     packets: int
     bytes: int
     contacts: list = field(default_factory=list)
+    #: tlm.sci partition the exposure's runs are on (l0.state is co-partitioned; -1 = unknown)
+    partition: int = -1
+    #: next tlm.sci offset after the last run included in this version (-1 = unknown)
+    through_offset: int = -1
 
 
 @message
@@ -269,6 +273,10 @@ class L0Ready(Message):
     contacts: list = field(default_factory=list)
     #: wall time (s since the epoch) the exposure's last packet reached downlink.raw
     raw_ts: float = 0.0
+    #: identities with two different packets (kept aside; the exposure is then never complete)
+    conflicts: int = 0
+    #: packets rejected by validation (sent to tlm.deadletter, listed in the manifest)
+    rejected: int = 0
 
 
 PRIORITIES = ("too", "normal", "reprocess")
