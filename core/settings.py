@@ -103,8 +103,14 @@ class IngestSettings:
 class DemuxSettings:
     #: an alert burst per (contact, APID, type) is coalesced into one message per window
     alert_window_seconds: float = _n(1.0, gt=0)
-    #: a sequence jump this far from both neighbours that the next packets do not follow is an outlier
-    outlier_confirm_packets: int = _n(3, ge=1)
+    #: a packet more than outlier_min_jump counts from the previous one, while each of the next
+    #: outlier_confirm_packets packets continues the sequence without it, is one isolated outlier
+    outlier_min_jump: int = _n(16, ge=1, le=4096)
+    outlier_confirm_packets: int = _n(3, ge=1, le=64)
+    #: missing-count ranges kept per (APID, source) stream; older ones are folded into one coarse range
+    max_gap_ranges: int = _n(1024, ge=8)
+    #: ranges of one coalesced alert at most (the rest are counted in its detail)
+    alert_max_ranges: int = _n(256, ge=1)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,13 @@ and truncated packets are not packets). Per (APID, source), in arrival order:
 1. *Unwrap*: the first packet's count is its 14-bit sequence count; each next
    packet adds the signed step to the previous packet's count, taken in
    [-8192, 8191] (so 16383 -> 0 is +1).
+   *Isolated outliers* come out first: a packet more than ``OUTLIER_JUMP``
+   from the previous one, while each of the next ``OUTLIER_CONFIRM`` packets
+   (fewer at the end, at least one) is within ``OUTLIER_JUMP`` of that previous
+   packet and more than ``OUTLIER_JUMP`` from it, is a corrupt count: the next
+   packet unwraps against the packet before it; a forward one is left out of
+   every count, a backward one is judged below, except that one before the
+   first packet's count is left out too (no duplicate of anything received).
 2. Against the highest count seen before it (for the first packet: its own
    count - 1), a packet is
    - *in order* if above it (skipping past counts opens a gap);
@@ -37,6 +44,9 @@ from streams.packets import SEQ_MODULO, Kind
 
 SCHEMA = "downlink.truth/1"
 _HALF = SEQ_MODULO // 2
+#: isolated-outlier rule (the defaults of settings.demux.outlier_min_jump / outlier_confirm_packets)
+OUTLIER_JUMP = 16
+OUTLIER_CONFIRM = 3
 
 
 def sequence_accounting(seq: np.ndarray) -> dict[str, Any]:
@@ -44,20 +54,34 @@ def sequence_accounting(seq: np.ndarray) -> dict[str, Any]:
     s = np.asarray(seq, dtype=np.int64)
     if s.size == 0:
         return {"packets": 0, "gaps": [], "duplicates": 0, "out_of_order": 0}
-    step = (np.diff(s) + _HALF) % SEQ_MODULO - _HALF
-    ext = np.concatenate(([s[0]], s[0] + np.cumsum(step)))
+    wrap = lambda x: (x + _HALF) % SEQ_MODULO - _HALF  # noqa: E731
+    d = np.concatenate(([0], wrap(np.diff(s))))
+    isolated = np.zeros(s.size, dtype=bool)
+    for i in np.flatnonzero(np.abs(d) > OUTLIER_JUMP).tolist():
+        fol = s[i + 1:i + 1 + OUTLIER_CONFIRM]
+        if isolated[i - 1] or not fol.size:
+            continue
+        isolated[i] = bool(np.all((np.abs(wrap(fol - s[i - 1])) <= OUTLIER_JUMP)
+                                  & (np.abs(wrap(fol - s[i])) > OUTLIER_JUMP)))
+    step = d.copy()
+    for j in np.flatnonzero(isolated).tolist():
+        step[j + 1] = wrap(s[j + 1] - s[j - 1]) - d[j]
+    keep = ~(isolated & (d > 0))
+    ext = (s[0] + np.cumsum(step))[keep]
+    isolated = isolated[keep]
     prior_max = np.maximum.accumulate(np.concatenate(([ext[0] - 1], ext[:-1])))
     behind = ext <= prior_max
     first_seen = np.zeros(ext.size, dtype=bool)
     first_seen[np.unique(ext, return_index=True)[1]] = True
     out_of_order = behind & first_seen & (ext >= ext[0])
-    duplicates = behind & ~out_of_order
+    isolated &= ext < ext[0]
+    duplicates = behind & ~out_of_order & ~isolated
     received = np.unique(ext[ext >= ext[0]])
     holes = np.flatnonzero(np.diff(received) > 1)
     gaps = [[int((received[i] + 1) % SEQ_MODULO), int(received[i + 1] - received[i] - 1)]
             for i in holes.tolist()]
-    return {"packets": int(s.size), "gaps": gaps, "duplicates": int(duplicates.sum()),
-            "out_of_order": int(out_of_order.sum())}
+    return {"packets": int(ext.size - isolated.sum()), "gaps": gaps,
+            "duplicates": int(duplicates.sum()), "out_of_order": int(out_of_order.sum())}
 
 
 def packet_identity(desc: dict[str, Any]) -> tuple[int, int, int, int]:
