@@ -125,7 +125,7 @@ class Admin:
 
     # -- users -------------------------------------------------------------------------------
     def add_user(self, name: str, programs: list[int] = (), staff: bool = False,
-                 days: float | None = None) -> str:
+                 days: float | None = None, now: dt.datetime | None = None) -> str:
         """Create (or extend) a user, make it a member of ``programs`` (created with the default
         period when new); returns a new token."""
         if not _NAME.match(name):
@@ -143,11 +143,11 @@ class Admin:
                 if row.pi is None:
                     row.pi = name
                 self._join(session, user, program)
-            return self._issue(session, user, days)
+            return self._issue(session, user, days, now)
 
-    def issue_token(self, name: str, days: float | None = None) -> str:
+    def issue_token(self, name: str, days: float | None = None, now: dt.datetime | None = None) -> str:
         with Session(self.engine) as session, session.begin():
-            return self._issue(session, self._user(session, name), days)
+            return self._issue(session, self._user(session, name), days, now)
 
     def revoke_tokens(self, name: str) -> int:
         with Session(self.engine) as session, session.begin():

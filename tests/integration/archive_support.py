@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
@@ -151,3 +152,14 @@ def snapshot(settings: Settings) -> dict[str, list[tuple]]:
 
 def naive(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).replace(tzinfo=None)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def archive_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """The test's Settings with a fresh migrated catalogue, once on SQLite and once on PostgreSQL.
+
+    A sync fixture, so the session's async ``postgres`` fixture can be requested lazily
+    (SQLite runs never start the server).
+    """
+    pg = request.getfixturevalue("postgres") if request.param == "postgres" else None
+    return catalogue_settings(settings, request.param, pg)
