@@ -34,6 +34,7 @@ SERVICES: dict[str, ServiceSpec] = {spec.name: spec for spec in (
     ServiceSpec("realtime", "consumers.realtime.service:Realtime", description="real-time engineering and alerts -> MQTT"),
     ServiceSpec("archive", "consumers.archive.service:ArchiveSink", description="l0.ready, cal.done, recorded engineering -> catalogue"),
     ServiceSpec("api", "consumers.archive.api.server:ApiServer", default=False, description="archive API (HTTP)"),
+    ServiceSpec("calibrate", "consumers.calibrate.service:Calibrate", description="cal.requests -> rate, rateints, cal, i2d -> cal.done"),
 )}
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 from core.settings import Settings
 from products.l0 import iter_manifests, l0_paths
 from products.verify import verify
-from tests.integration.helpers import read_all
+from tests.integration.helpers import env_for, read_all
 
 
 async def wait_for_log(paths: list[Path], text: str, count: int = 1, timeout: float = 60.0) -> None:
@@ -65,3 +68,45 @@ async def check_l0_outputs(settings: Settings, truth: dict[str, Any], *,
 def manifest_of(settings: Settings, exposure_id: str) -> dict[str, Any] | None:
     _, path = l0_paths(settings.data_dir, exposure_id)
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def spawn_with(settings: Settings, *args: str, log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """``downlink ARGS`` in the background with these settings (plus ``env``), output to ``log``."""
+    with open(log, "ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "downlink", *args], env={**env_for(settings), **(env or {})},
+                                stdout=fh, stderr=subprocess.STDOUT)
+
+
+def scrape(port: int, name: str) -> dict[str, float]:
+    """Samples of one metric from a running process's /metrics: labels text -> value ({} if down)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key[len(name):]] = float(value)
+    return out
+
+
+def stop_all(procs: dict[str, subprocess.Popen | None], grace: float = 30.0) -> list[str]:
+    """SIGCONT + SIGTERM every process still running, SIGKILL after ``grace``; names of those that hung."""
+    import signal
+
+    alive = {n: p for n, p in procs.items() if p is not None and p.poll() is None}
+    for p in alive.values():
+        p.send_signal(signal.SIGCONT)
+        p.send_signal(signal.SIGTERM)
+    hung = []
+    deadline = time.monotonic() + grace
+    for name, p in alive.items():
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            hung.append(name)
+            p.kill()
+            p.wait()
+    return hung

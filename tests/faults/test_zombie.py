@@ -26,7 +26,7 @@ from core.settings import Settings
 from products.l0 import l0_paths
 from products.verify import verify
 from streams.kafka import make_consumer, read_table, start_client
-from tests.faults.helpers import check_no_temp_files, wait_for_log
+from tests.faults.helpers import check_no_temp_files, stop_all, wait_for_log
 from tests.integration.helpers import fast, read_all, simulate, spawn
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -112,15 +112,7 @@ async def test_sigstop_zombie_l0_replica_changes_no_output(settings, topics, tmp
             await asyncio.sleep(1.0)
         await asyncio.sleep(3.0)  # let the resumed replica do whatever it would still do
     finally:
-        for proc in (demux, l0a, l0b):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
-                proc.send_signal(signal.SIGTERM)
-        for proc in (demux, l0a, l0b):
-            proc.wait(timeout=60)
-        if ingest is not None and ingest.poll() is None:
-            ingest.kill()
-            ingest.wait()
+        hung = stop_all({"demux": demux, "l0a": l0a, "l0b": l0b, "ingest": ingest})
     log_b = (logs / "l0b.log").read_text()
     assert log_b.count("l0 state loaded") >= 2, "b was never given a's partitions"
     result = verify(truth, settings.data_dir)
@@ -136,3 +128,4 @@ async def test_sigstop_zombie_l0_replica_changes_no_output(settings, topics, tmp
         assert (s["version"], s["sha256"], s["complete"]) == \
             (manifest["version"], manifest["sha256"], manifest["complete"]), e["exposure_id"]
     check_no_temp_files(settings.data_dir)
+    assert not hung, f"did not stop within 30 s of SIGTERM: {hung} (read {logs})"
