@@ -332,3 +332,7 @@ class CalDone(Message):
     started_at: float = 0.0
     finished_at: float = 0.0
     l0_received_at: float = 0.0
+    #: "exposure" (rate, rateints, cal of one exposure) or "visit" (the L3 of a visit and
+    #: detector, keyed by the exposure that completed it; ``members`` names its cal files)
+    kind: str = "exposure"
+    members: list = field(default_factory=list)
