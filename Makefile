@@ -12,7 +12,8 @@ APT_CHECKS := \
 	"command -v promtool:prometheus" \
 	"ls /usr/lib/postgresql/*/bin/postgres:postgresql" \
 	"command -v java:default-jre-headless" \
-	"command -v mvn:maven"
+	"command -v mvn:maven" \
+	"command -v docker-compose:docker-compose"
 
 .PHONY: setup apt pip fetch test demo bench stack-up stack-down clean
 

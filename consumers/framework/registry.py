@@ -31,6 +31,7 @@ class ServiceSpec:
 SERVICES: dict[str, ServiceSpec] = {spec.name: spec for spec in (
     ServiceSpec("demux", "consumers.demux.service:Demux", description="raw chunks -> telemetry topics"),
     ServiceSpec("l0", "consumers.l0.service:L0Assembler", description="science runs -> L0 files"),
+    ServiceSpec("l1b", "consumers.l1b.service:L1b", description="L0 files -> uncal FITS -> cal.requests"),
     ServiceSpec("realtime", "consumers.realtime.service:Realtime", description="real-time engineering and alerts -> MQTT"),
     ServiceSpec("archive", "consumers.archive.service:ArchiveSink", description="l0.ready, cal.done, recorded engineering -> catalogue"),
     ServiceSpec("api", "consumers.archive.api.server:ApiServer", default=False, description="archive API (HTTP)"),
