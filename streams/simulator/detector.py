@@ -65,6 +65,8 @@ REFERENCE_PIXEL = 1 << 31
 SATURATION_FRACTION = 0.97
 #: non-linearity at the hard clip: the measured signal falls this far below the linear one
 NONLINEARITY_AT_WELL = 0.05
+#: highest raw level the clip may reach (read noise on top stays within uint16)
+MAX_RAW = 65000.0
 #: number of linearity correction coefficients (c0..c4, as JWST's)
 LINEARITY_COEFFS = 5
 
@@ -72,6 +74,11 @@ LINEARITY_COEFFS = 5
 _FILTERS = {"NIRCAM_SW": ("F200W", "CLEAR"), "NIRCAM_LW": ("F444W", "CLEAR"),
             "MIRIMAGE": ("F770W", "N/A"), "MIRI_MRS": ("N/A", "N/A"), "NIRISS": ("CLEAR", "F150W"),
             "NIRSPEC": ("F170LP", "N/A"), "FGS": ("N/A", "N/A")}
+
+
+def nominal_optics(detector: str) -> tuple[str, str]:
+    """(FILTER, PUPIL) a detector observes with: one nominal element each (the packets carry none)."""
+    return _FILTERS[_family(detector.upper())]
 
 
 def _family(name: str) -> str:
@@ -242,14 +249,20 @@ class DetectorModel:
                 "dead": (dead, np.zeros(dead.size, np.float32)),
                 "lowqe": (lowqe, rng.uniform(0.3, 0.6, lowqe.size).astype(np.float32))}
 
-    def _reference_mask(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def _is_reference(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Reference pixels: a 4-pixel border (H2RG) or 4 columns each side (MIRI)."""
         nx, ny = self.full
-        col = (x < 4) | (x >= nx - 4)
-        if self.family.startswith("MIRI"):
-            return np.broadcast_to(col[None, :], (y.size, x.size))
-        row = (y < 4) | (y >= ny - 4)
-        return row[:, None] | col[None, :]
+        ref = (x < 4) | (x >= nx - 4)
+        if not self.family.startswith("MIRI"):
+            ref |= (y < 4) | (y >= ny - 4)
+        return ref
+
+    def _reference_lines(self, x0: int, y0: int, nx: int, ny: int) -> tuple[np.ndarray, np.ndarray]:
+        """Local row and column indices of a window that are reference rows / columns."""
+        xs, ys = np.arange(x0, x0 + nx), np.arange(y0, y0 + ny)
+        cols = np.flatnonzero(self._is_reference(xs, np.full(nx, 4)))
+        rows = np.flatnonzero(self._is_reference(np.full(ny, 4), ys))
+        return rows, cols
 
     def _outputs(self, x: np.ndarray) -> np.ndarray:
         """Readout output of each column: 4 stripes of 512 (H2RG) or every 4th column (MIRI)."""
@@ -297,6 +310,8 @@ class DetectorModel:
         dark = field(4, 0.3 * self.dark_median, f32(self.dark_median))
         np.maximum(dark, f32(0.2 * self.dark_median), out=dark)
         signal_range = field(5, 0.01 * self.well_range, f32(self.well_range))
+        # headroom: the clip plus 10 sigma of read noise stays below 65535, so no raw value overflows
+        np.minimum(signal_range, f32(MAX_RAW) - bias, out=signal_range)
         gx = (xs / fx - 0.5).astype(f32)
         gy = (ys / fy - 0.5).astype(f32)
         flat = field(6, 0.015, (f32(1.0) + f32(0.03) * gx * gx)[None, :])
@@ -304,17 +319,15 @@ class DetectorModel:
 
         dq = np.zeros((ny, nx), dtype=np.uint32)
         alive = np.ones((ny, nx), dtype=bool)
-        ref = self._reference_mask(xs, ys)
-        if ref.any():
-            dq[ref] |= np.uint32(REFERENCE_PIXEL)
-            alive[ref] = False
-            dark[ref] = 0.0
+        ref_rows, ref_cols = self._reference_lines(x0, y0, nx, ny)
+        for sl in ((ref_rows, slice(None)), (slice(None), ref_cols)):
+            dq[sl] |= np.uint32(REFERENCE_PIXEL)
+            alive[sl] = False
+            dark[sl] = 0.0
         for kind, (idx, value) in self._specials.items():
             py, px = np.divmod(idx, fx)
-            inside = (px >= x0) & (px < x0 + nx) & (py >= y0) & (py < y0 + ny)
+            inside = (px >= x0) & (px < x0 + nx) & (py >= y0) & (py < y0 + ny) & ~self._is_reference(px, py)
             py, px, value = py[inside] - y0, px[inside] - x0, value[inside]
-            keep = ~ref[py, px]
-            py, px, value = py[keep], px[keep], value[keep]
             if kind == "hot":
                 dark[py, px] = value
                 dq[py, px] |= np.uint32(HOT)

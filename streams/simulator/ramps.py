@@ -1,26 +1,37 @@
-"""Synthetic up-the-ramp pixel data, vectorized and fast.
+"""Synthetic up-the-ramp pixel data through the physical detector model, vectorized and fast.
 
-Each exposure gets a bias frame, a count-rate image (sky, point sources with a
-Gaussian PSF, hot pixels) and, group after group, accumulated signal with
-shot noise, read noise, cosmic-ray jumps and saturation at full well; the
-output is uint16 as the detector electronics deliver it.
+Each exposure gets an injected count-rate image (sky and point sources with a
+Gaussian PSF: :func:`scene_rate`, the truth calibration is checked against)
+and, group after group, the signal chain of :mod:`streams.simulator.detector`:
+rate * flat (0 on dead and reference pixels) + dark current, Poisson noise of
+the electrons (gain), cosmic-ray jumps, the full-well clip, the quadratic
+non-linearity, the superbias and the read noise; the output is uint16 as the
+detector electronics deliver it.
 
 Speed comes from never drawing fresh random normals per pixel: one pool of
 float32 standard normals (``NoisePool``) is drawn per simulation and every
 group takes a slice of it at a random offset. Shot noise uses the normal
-approximation of the Poisson increment (sqrt(rate * TGROUP) * N(0,1)); that
-and the read noise are one multiply-add each. Everything stays float32.
-Values are floored at ``PIXEL_FLOOR`` (well below any bias level) so no
-pixel's high byte equals a packet header's first byte (0x08-0x0F): header-like
-patterns inside pixel data, which a resynchronising decoder must reject, stay rare.
-Per-detector patterns (bias structure, hot pixels) are made once and reused.
+approximation of the Poisson increment (sqrt(mean / gain) * N(0,1) in DN);
+everything stays float32 and is done in cache-sized pixel blocks. Values are
+above ``PIXEL_FLOOR`` by construction (the lowest bias is far above it) so no pixel's high byte
+equals a packet header's first byte (0x08-0x0F): header-like patterns inside
+pixel data, which a resynchronising decoder must reject, stay rare.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from streams.simulator.plan import MIRI_DETECTORS, ExposurePlan, full_frame
+from streams.simulator.detector import (
+    MODEL_SEED,
+    MODEL_VERSION,
+    NONLINEARITY_AT_WELL,
+    DetectorModel,
+    detector_model,
+)
+from streams.simulator.plan import MIRI_DETECTORS, ExposurePlan
 
 #: lowest pixel value written (0x1400); bias levels are ~11000-15000 DN
 PIXEL_FLOOR = 0x1400
@@ -29,6 +40,8 @@ PIXEL_MAX = 65535
 CR_RATE = 1.6e-5
 #: float32 values per rendering block (groups x pixels), sized to stay in cache
 BLOCK_VALUES = 1 << 15
+#: cosmic-ray hits listed per exposure in the truth file (the count is always complete)
+CR_SAMPLE = 256
 
 
 class NoisePool:
@@ -77,98 +90,186 @@ class Workspace:
                 free.append(a)
 
 
-class DetectorPatterns:
-    """What does not change between exposures of a detector: bias structure and hot pixels.
+@dataclass
+class ModelArrays:
+    """The detector model over one exposure window, as the renderer uses it (read-only, shared).
 
-    Made once per detector and simulation (full frame), from the seed alone, and
-    cut to each exposure's subarray, so a detector looks the same in every exposure.
+    Consecutive exposures with one configuration (the same detector, window and
+    NFRAMES) share one set, so the model is evaluated once per configuration,
+    not once per exposure.
     """
 
-    def __init__(self, seed: int, pool: NoisePool) -> None:
+    bias: np.ndarray  # DN
+    clip: np.ndarray  # linear DN where the electronics clip
+    beta: np.ndarray  # 1/DN non-linearity
+    read_noise: np.ndarray  # DN per group (frame read noise / sqrt(NFRAMES))
+    response: np.ndarray  # flat, 0 on dead and reference pixels
+    dark: np.ndarray  # DN/s
+    inv_gain: np.ndarray  # DN/e
+    users: int = 0
+    activity: int = -1
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.bias, self.clip, self.beta, self.read_noise, self.response, self.dark, self.inv_gain)
+
+
+class DetectorPatterns:
+    """What is shared by the exposures of one simulation: detector models, their arrays, a truth ledger.
+
+    The models (``streams.simulator.detector``) are per detector and do not
+    depend on the simulation seed: every simulation observes with the same
+    detectors "as built", which the reference files of ``downlink refs make``
+    describe. Model arrays are kept while a configuration repeats and handed
+    back to the workspace once an activity with another one starts, so memory
+    stays that of the exposures being rendered. The ledger keeps, per exposure,
+    what the truth file records about its ramps (cosmic rays).
+    """
+
+    def __init__(self, seed: int, pool: NoisePool, model_seed: int = MODEL_SEED) -> None:
         self.seed = seed
         self.pool = pool
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self.model_seed = model_seed
+        self.ledger: dict[int, dict] = {}
+        self._arrays: dict[tuple[int, int, int, int, int, int], ModelArrays] = {}
 
-    def get(self, detector: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(full-frame bias (ny, nx) float32, hot pixel flat indices, their rates in DN/s)."""
-        if detector not in self._cache:
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 0x444554, detector]))
-            fx, fy = full_frame(detector)
-            bias = np.empty((fy, fx), dtype=np.float32)
-            bias[:] = np.float32(rng.uniform(11500, 14500))
-            bias += rng.normal(0.0, 15.0, fx).astype(np.float32)[None, :]
-            bias += rng.normal(0.0, 8.0, fy).astype(np.float32)[:, None]
-            noise = np.float32(20.0) * self.pool.take(rng, min(fx * fy, self.pool.values.size))
-            flat = bias.reshape(-1)
-            for k in range(0, flat.size, noise.size):  # the pool may be smaller than a frame: repeat it
-                part = flat[k:k + noise.size]
-                part += noise[:part.size]
-            hot = np.unique(rng.integers(0, fx * fy, int(rng.poisson(fx * fy * 5e-4))))
-            self._cache[detector] = (bias, hot, rng.uniform(20.0, 500.0, hot.size).astype(np.float32))
-        return self._cache[detector]
+    def model(self, detector: int) -> DetectorModel:
+        return detector_model(detector, self.model_seed)
+
+    def acquire(self, exposure: ExposurePlan, workspace: Workspace) -> ModelArrays:
+        h = exposure.header
+        key = (exposure.tag.detector, h.substrt1, h.substrt2, h.subsize1, h.subsize2, h.nframes)
+        entry = self._arrays.get(key)
+        if entry is None:
+            for k in [k for k, v in self._arrays.items() if v.users == 0 and v.activity < exposure.activity]:
+                workspace.give(*self._arrays.pop(k).arrays())
+            entry = self._arrays[key] = self._evaluate(exposure, workspace)
+        entry.users += 1
+        entry.activity = max(entry.activity, exposure.activity)
+        return entry
+
+    def release(self, entry: ModelArrays) -> None:
+        entry.users -= 1
+
+    def _evaluate(self, exposure: ExposurePlan, workspace: Workspace) -> ModelArrays:
+        h = exposure.header
+        f32 = np.float32
+        maps = self.model(exposure.tag.detector).maps(h.substrt1, h.substrt2, h.subsize1, h.subsize2,
+                                                      alloc=workspace.take)
+        flat = maps.flat.reshape(-1)
+        np.copyto(flat, f32(0.0), where=~maps.alive.reshape(-1))
+        inv_gain = np.reciprocal(maps.gain.reshape(-1), out=maps.gain.reshape(-1))
+        # the linear signal where the electronics clip, and beta = 0.05 / that
+        clip = np.multiply(maps.signal_range.reshape(-1), f32(1.0 / (1.0 - NONLINEARITY_AT_WELL)),
+                           out=maps.signal_range.reshape(-1))
+        beta = np.divide(f32(NONLINEARITY_AT_WELL), clip, out=workspace.take(clip.size))
+        rn = np.multiply(maps.readnoise.reshape(-1), f32(1.0 / np.sqrt(h.nframes)), out=maps.readnoise.reshape(-1))
+        return ModelArrays(maps.superbias.reshape(-1), clip, beta, rn, flat, maps.dark.reshape(-1), inv_gain)
+
+    def exposure_truth(self, exposure: ExposurePlan) -> dict:
+        """The truth file's ``ramps`` entry: enough to regenerate the injected rate and the model."""
+        kept = self.ledger.get(exposure.index, {"cosmic_rays": 0, "cr_sample": []})
+        return {"scene_seed": self.seed, "scene_index": exposure.index, "model_seed": self.model_seed,
+                "model_version": MODEL_VERSION, "rate_unit": "DN/s", **self.model(exposure.tag.detector).describe(),
+                "cosmic_rays": kept["cosmic_rays"], "cr_sample": kept["cr_sample"],
+                "cr_sample_format": ["integration", "group", "y", "x", "linear_dn"]}
+
+
+def scene_rate(seed: int, index: int, detector: int, substrt1: int, substrt2: int, nx: int, ny: int,
+               out: np.ndarray | None = None) -> np.ndarray:
+    """The injected count rate (DN/s, flat npix, row-major) of one exposure: the truth slopes come from.
+
+    Sky background plus point sources with a Gaussian PSF, drawn from (seed,
+    exposure index) alone, so a test regenerates it from the truth file
+    (:func:`injected_rate`). The detector multiplies it by flat * alive and
+    adds its dark current.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5343454E, index]))
+    miri = detector in MIRI_DETECTORS
+    npix = nx * ny
+    sky = rng.uniform(60.0, 250.0) if miri else rng.uniform(0.3, 4.0)
+    rate = np.empty(npix, dtype=np.float32) if out is None else out
+    rate.fill(sky)
+    nsrc = 1 + int(rng.poisson(npix / 3000.0))
+    x = rng.integers(0, nx, nsrc)
+    y = rng.integers(0, ny, nsrc)
+    peak = np.exp(rng.uniform(np.log(2.0), np.log(4000.0), nsrc))
+    sigma = 1.0 + 0.6 * (detector in (5, 10)) + (1.2 if miri else 0.0)
+    d = np.arange(-3, 4)
+    dy, dx = np.meshgrid(d, d, indexing="ij")
+    psf = np.exp(-(dx**2 + dy**2) / (2.0 * sigma**2)).reshape(-1)
+    xs = x[:, None] + dx.reshape(1, -1)
+    ys = y[:, None] + dy.reshape(1, -1)
+    ok = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
+    np.add.at(rate, (ys * nx + xs)[ok], (peak[:, None] * psf[None, :])[ok].astype(np.float32))
+    return rate
+
+
+def injected_rate(truth: dict, exposure_id: str) -> np.ndarray:
+    """(ny, nx) DN/s the simulator injected for an exposure of a truth document (before flat and dark)."""
+    e = next((x for x in truth["exposures"] if x["exposure_id"] == exposure_id), None)
+    if e is None:
+        raise KeyError(f"{exposure_id} is not in this truth file")
+    m, r = e["meta"], e["ramps"]
+    return scene_rate(r["scene_seed"], r["scene_index"], e["tag"]["detector"], m["substrt1"], m["substrt2"],
+                      m["subsize1"], m["subsize2"]).reshape(m["subsize2"], m["subsize1"])
+
+
+def expected_slope(truth: dict, exposure_id: str) -> np.ndarray:
+    """(ny, nx) DN/s a perfect Detector1 (superbias, linearity, dark subtracted) fits: rate * flat * alive."""
+    e = next(x for x in truth["exposures"] if x["exposure_id"] == exposure_id)
+    m, r = e["meta"], e["ramps"]
+    maps = detector_model(e["tag"]["detector"], r["model_seed"]).maps(
+        m["substrt1"], m["substrt2"], m["subsize1"], m["subsize2"])
+    return injected_rate(truth, exposure_id) * maps.flat * maps.alive
 
 
 class RampSynth:
-    """Pixel ramps of one exposure, rendered in canonical order a chunk of groups at a time."""
+    """Pixel ramps of one exposure through the detector model, rendered a chunk of groups at a time."""
 
     def __init__(self, exposure: ExposurePlan, pool: NoisePool, workspace: Workspace,
                  patterns: DetectorPatterns, seed: int) -> None:
         self.exposure = exposure
         self.pool = pool
         self.workspace = workspace
+        self.patterns = patterns
         self.rng = np.random.default_rng(np.random.SeedSequence([seed, 0x52414D50, exposure.index]))
-        rng = self.rng
         nx, ny = exposure.nx, exposure.ny
         npix = nx * ny
         h = exposure.header
         det = exposure.tag.detector
-        miri = det in MIRI_DETECTORS
-        full_bias, hot, hot_rate = patterns.get(det)
-        x0, y0 = h.substrt1 - 1, h.substrt2 - 1
-        # bias: the detector's pattern in this subarray, plus this exposure's level offset
-        self._bias_view = full_bias[y0:y0 + ny, x0:x0 + nx]
-        self._bias_offset = np.float32(rng.normal(0.0, 30.0))
-        # count rate (DN/s): sky, point sources with a Gaussian PSF, the detector's hot pixels
-        sky = rng.uniform(60.0, 250.0) if miri else rng.uniform(0.3, 4.0)
-        rate = workspace.take(npix)
-        rate.fill(sky)
-        nsrc = 1 + int(rng.poisson(npix / 3000.0))
-        x = rng.integers(0, nx, nsrc)
-        y = rng.integers(0, ny, nsrc)
-        peak = np.exp(rng.uniform(np.log(2.0), np.log(4000.0), nsrc))
-        sigma = 1.0 + 0.6 * (det in (5, 10)) + (1.2 if miri else 0.0)
-        d = np.arange(-3, 4)
-        dy, dx = np.meshgrid(d, d, indexing="ij")
-        psf = np.exp(-(dx**2 + dy**2) / (2.0 * sigma**2)).reshape(-1)
-        xs = x[:, None] + dx.reshape(1, -1)
-        ys = y[:, None] + dy.reshape(1, -1)
-        ok = (xs >= 0) & (xs < nx) & (ys >= 0) & (ys < ny)
-        np.add.at(rate, (ys * nx + xs)[ok], (peak[:, None] * psf[None, :])[ok].astype(np.float32))
-        hy, hx = np.divmod(hot, full_bias.shape[1])
-        inside = (hx >= x0) & (hx < x0 + nx) & (hy >= y0) & (hy < y0 + ny)
-        rate[(hy[inside] - y0) * nx + (hx[inside] - x0)] += hot_rate[inside]
+        self.model = m = patterns.acquire(exposure, workspace)
+        # mean DN per group: (rate * flat * alive + dark) * TGROUP; its Poisson noise sqrt(mean / gain)
+        rate = scene_rate(seed, exposure.index, det, h.substrt1, h.substrt2, nx, ny, out=workspace.take(npix))
+        rate *= m.response
+        rate += m.dark
         rate *= np.float32(exposure.tgroup)
-        self.rdt = rate  # mean signal per group
-        self.sdt = np.sqrt(rate, out=workspace.take(npix))  # its shot noise
-        self.read_noise = np.float32((28.0 if miri else 12.0) / np.sqrt(h.nframes))
-        self.full_well = np.float32(rng.uniform(60000.0, 63000.0))
+        self.rdt = rate
+        self.sdt = np.multiply(rate, m.inv_gain, out=workspace.take(npix))
+        np.maximum(self.sdt, np.float32(0.0), out=self.sdt)
+        np.sqrt(self.sdt, out=self.sdt)
         self.cr_per_pixel_group = CR_RATE * exposure.tgroup
-        self.acc = workspace.take(npix)  # bias + accumulated signal of the current integration
+        self.acc = workspace.take(npix)  # linear signal accumulated so far in the current integration
+        self.cosmic_rays = 0
+        self.cr_sample: list[list] = []
         self.reset()
 
     def reset(self) -> None:
-        """Start an integration: the accumulator holds just the bias."""
-        np.add(self._bias_view, self._bias_offset, out=self.acc.reshape(self._bias_view.shape))
+        """Start an integration: the detector was reset, no signal yet."""
+        self.acc.fill(0.0)
 
     def release(self) -> None:
         """Hand the exposure's big arrays back to the workspace (the synth is done)."""
+        self.patterns.ledger[self.exposure.index] = {"cosmic_rays": self.cosmic_rays,
+                                                     "cr_sample": self.cr_sample}
         self.workspace.give(self.rdt, self.sdt, self.acc)
+        self.patterns.release(self.model)
 
     def render(self, integration: int, g0: int, g1: int) -> np.ndarray:
         """Frames of groups g0..g1-1 (1-based) of an integration: (groups, npix) uint16, row-major.
 
         Works through the frame in pixel blocks that stay in cache, so the steps
-        (noise, running sum, saturation, read noise, cast) do not each stream the frame.
+        (noise, running sum, non-linearity, clip, read noise, cast) do not each
+        stream the whole frame.
         """
         ngroups = g1 - g0
         npix = self.acc.size
@@ -182,10 +283,13 @@ class RampSynth:
         cr_pix = np.sort(rng.integers(0, npix, hits))
         cr_group = rng.integers(0, ngroups, hits)
         cr_amp = rng.uniform(150.0, 5000.0, hits).astype(np.float32)
+        self._note_hits(integration, g0, cr_pix, cr_group, cr_amp)
         out = self.workspace.take(n, np.uint16).reshape(ngroups, npix)
         block = max(1024, BLOCK_VALUES // ngroups)
         buf, tmp = self.workspace.buffers((ngroups, min(block, npix)))
-        sdt, rdt, acc, fw, rn = self.sdt, self.rdt, self.acc, self.full_well, self.read_noise
+        sdt, rdt, acc = self.sdt, self.rdt, self.acc
+        m = self.model
+        bias, clip, beta, rn = m.bias, m.clip, m.beta, m.read_noise
         for a in range(0, npix, block):
             b = min(a + block, npix)
             bb, tb = (buf, tmp) if b - a == buf.shape[1] else (buf[:, :b - a], tmp[:, :b - a])
@@ -198,9 +302,22 @@ class RampSynth:
             for g in range(1, ngroups):
                 bb[g] += bb[g - 1]
             acc[a:b] = bb[-1]
-            np.minimum(bb, fw, out=bb)
-            np.multiply(read[:, a:b], rn, out=tb)
-            bb += tb
-            np.clip(bb, PIXEL_FLOOR, PIXEL_MAX, out=bb)
+            np.minimum(bb, clip[a:b], out=bb)  # full well (in linear DN)
+            np.multiply(bb, bb, out=tb)  # non-linearity: measured = S - beta S^2
+            tb *= beta[a:b]
+            bb -= tb
+            bb += bias[a:b]
+            np.multiply(read[:, a:b], rn[a:b], out=tb)
+            bb += tb  # within PIXEL_FLOOR..PIXEL_MAX by construction of the model (no clip pass)
             np.copyto(out[:, a:b], bb, casting="unsafe")
         return out
+
+    def _note_hits(self, integration: int, g0: int, pix: np.ndarray, group: np.ndarray, amp: np.ndarray) -> None:
+        self.cosmic_rays += int(pix.size)
+        room = CR_SAMPLE - len(self.cr_sample)
+        if room > 0 and pix.size:
+            nx = self.exposure.nx
+            y, x = np.divmod(pix[:room], nx)
+            self.cr_sample += [[integration, g0 + int(g), int(yy), int(xx), round(float(v), 1)]
+                               for g, yy, xx, v in zip(group[:room].tolist(), y.tolist(), x.tolist(),
+                                                       amp[:room].tolist())]

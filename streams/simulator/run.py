@@ -175,7 +175,8 @@ def simulate(options: SimOptions, out: Output, truth: str | Path | None = None,
         contacts=[{"contact": c.contact, "file": c.file, "bytes": c.bytes, "sha256": c.sha256,
                    "start_tai": c.start_tai, "duration_s": c.duration_s, "packets": c.packets}
                   for c in results],
-        exposures=[_exposure_truth(e, digests[e.index]) for e in plan.exposures],
+        exposures=[{**_exposure_truth(e, digests[e.index]), "ramps": renderer.patterns.exposure_truth(e)}
+                   for e in plan.exposures],
         excursions=[x.to_dict() for x in model.excursions])
     if truth is not None:
         tmp = Path(f"{truth}.tmp")

@@ -1,0 +1,1 @@
+"""L1b: L0 files -> uncal FITS (``reformat`` is pure, ``service`` the Kafka service)."""
