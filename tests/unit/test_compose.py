@@ -144,7 +144,7 @@ def test_volumes_are_declared_used_and_bind_sources_exist(config):
                 used.add(source)
     assert declared - used == set(), "declared volumes nobody mounts"
     writers = [n for n, s in config["services"].items() if "data:/data:rw" in s.get("volumes", [])]
-    assert {"l0-0", "l0-1", "archive", "api"} <= set(writers), "products live on the data volume"
+    assert {"l0-0", "l0-1", "l1b", "calibrate", "archive", "api"} <= set(writers), "products live on the data volume"
 
 
 def test_prometheus_scrapes_every_service_container(config, ours, tmp_path):
