@@ -27,6 +27,22 @@ SEQ_DUPLICATES = Counter("downlink_packets_duplicate_total", "Duplicate packets"
 SEQ_OUT_OF_ORDER = Counter("downlink_packets_out_of_order_total", "Out-of-order packets", ["apid", "source"])
 DEADLETTER_BYTES = Counter("downlink_deadletter_bytes_total", "Undecodable bytes sent to the dead-letter topic", ["reason"])
 RESYNCS = Counter("downlink_resyncs_total", "Decoder resynchronisations", ["reason"])
+DEMUX_REJECTED = Counter("downlink_demux_rejected_packets_total",
+                         "Decoded packets demux rejected (field validation), sent to the dead-letter "
+                         "topic", ["reason"])
+SEQ_OUTLIERS = Counter("downlink_sequence_outliers_total",
+                       "Isolated corrupt sequence counts (one anomaly each, no gap)", ["apid", "source"])
+GAP_RANGES_MERGED = Counter("downlink_gap_ranges_merged_total",
+                            "Missing-count ranges folded into a coarse range (demux.state cap)")
+ALERTS_COALESCED = Counter("downlink_alert_events_total",
+                           "Anomaly events demux coalesced into ops.alerts messages", ["type"])
+CONTACT_PASSES = Counter("downlink_contact_passes_total",
+                         "New streams under a contact id that had already ended (processed as a new pass)")
+FAST_LANE_LATENCY = Histogram(
+    "downlink_fast_lane_seconds", "Wall time from a raw chunk's publication to its real-time "
+    "packets and alerts being sent on the fast lane",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 OPEN_EXPOSURES = Gauge("downlink_l0_open_exposures", "Exposures being assembled")
 L0_WRITTEN = Counter("downlink_l0_written_total", "L0 files written", ["status"])  # complete | partial
 L0_BYTES = Counter("downlink_l0_bytes_total", "Bytes written to L0 files")

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from monitoring import metrics
 from streams.packets import SEQ_MODULO
 
 HALF = SEQ_MODULO // 2
@@ -206,6 +207,7 @@ class StreamAccount:
             else:
                 self.older = [min(self.older[0], a), max(self.older[1], b), self.older[2] + b - a]
             self.gaps_merged += 1
+            metrics.GAP_RANGES_MERGED.inc()
 
     def _fill(self, e: int) -> bool:
         """Remove ``e`` from the missing counts; False if it was not missing."""
