@@ -62,9 +62,11 @@ class Sampler:
                     continue
                 topic = self.logical(tp.topic)
                 key = (s.name, topic, tp.partition)
-                if key in self._seen and position > self._seen[key]:
+                if key not in self._seen:  # newly assigned: count from where the group had committed
+                    self._seen[key] = await self.start_offset(consumer, tp, position)
+                if position > self._seen[key]:
                     metrics.RECORDS_IN.labels(s.name, topic).inc(position - self._seen[key])
-                self._seen[key] = max(position, self._seen.get(key, position))
+                    self._seen[key] = position
                 end = consumer.last_stable_offset(tp)
                 if end is None or end < 0:
                     end = consumer.highwater(tp)
@@ -83,6 +85,21 @@ class Sampler:
             except KeyError:
                 pass
         self._lag_labels = current
+
+    @staticmethod
+    async def start_offset(consumer: Any, tp: Any, position: int) -> int:
+        """Where consumption of a newly seen partition began: the committed offset, else the log start.
+
+        One broker round trip per partition assignment (not per sample); on any failure the
+        current position (records consumed before this first sample are then not counted).
+        """
+        try:
+            committed = await asyncio.wait_for(consumer.committed(tp), 2.0)
+            if committed is None or committed < 0:
+                committed = (await asyncio.wait_for(consumer.beginning_offsets([tp]), 2.0))[tp]
+            return min(int(committed), position)
+        except Exception:
+            return position
 
     async def sample(self) -> None:
         try:

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 
 RULES = Path(__file__).resolve().parents[2] / "monitoring" / "alerts.yml"
 BOUNDED_LABELS = {"service", "apid", "source", "topic", "partition", "priority", "reason", "status",
-                  "level", "kind", "step", "le"}
+                  "level", "kind", "step", "type", "le"}
 #: exposure ids (jw01234001001_01101_00001_nrca1) and anything long enough to be an id
 ID_LIKE = re.compile(r"jw\d{5}|^[A-Z]+\d{6,}|[0-9a-f]{16,}")
 

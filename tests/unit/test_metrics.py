@@ -15,7 +15,7 @@ from monitoring.sampler import Sampler, existing_parent
 
 #: the only label names a downlink metric may carry (each has a small, known value set)
 BOUNDED_LABELS = {"service", "apid", "source", "topic", "partition", "priority", "reason", "status",
-                  "level", "kind", "step"}
+                  "level", "kind", "step", "type"}
 #: a gauge's or histogram's name ends with its unit
 UNITS = ("_seconds", "_bytes", "_messages", "_ratio", "_exposures", "_connected", "_up")
 
@@ -65,6 +65,14 @@ class FakeConsumer:
     def __init__(self) -> None:
         self.pos: dict[TopicPartition, int] = {}
         self.lso: dict[TopicPartition, int | None] = {}
+        self.commits: dict[TopicPartition, int | None] = {}
+        self.start: dict[TopicPartition, int] = {}
+
+    async def committed(self, tp):
+        return self.commits.get(tp)
+
+    async def beginning_offsets(self, tps):
+        return {tp: self.start.get(tp, 0) for tp in tps}
 
     async def position(self, tp):
         if tp not in self.pos:
@@ -94,20 +102,22 @@ def test_sampler_exports_lag_per_partition_and_counts_records_once(tmp_path):
     svc = FakeService("svc_sampler", c, {a, b})
     c.pos.update({a: 10, b: 0})
     c.lso.update({a: 25, b: 4})
+    c.commits[a] = 7  # partition 0 resumed from a commit at 7; partition 1 never committed (log start 0)
     s = Sampler(settings, [svc])
     asyncio.run(s.sample())
     assert value(metrics.PARTITION_LAG, "svc_sampler", "tlm.sci", "0") == 15
     assert value(metrics.PARTITION_LAG, "svc_sampler", "tlm.sci", "1") == 4
     assert value(metrics.CONSUMER_LAG, "svc_sampler", "tlm.sci") == 19
-    assert value(metrics.RECORDS_IN, "svc_sampler", "tlm.sci") == 0  # first sight: nothing counted yet
+    # consumed before the first sample: counted from where the group had committed
+    assert value(metrics.RECORDS_IN, "svc_sampler", "tlm.sci") == 3
     c.pos.update({a: 20, b: 4})
     asyncio.run(s.sample())
-    assert value(metrics.RECORDS_IN, "svc_sampler", "tlm.sci") == 14
+    assert value(metrics.RECORDS_IN, "svc_sampler", "tlm.sci") == 17
     c.pos[a] = 12  # an aborted batch rewound; the redo must not count twice
     asyncio.run(s.sample())
     c.pos[a] = 22
     asyncio.run(s.sample())
-    assert value(metrics.RECORDS_IN, "svc_sampler", "tlm.sci") == 16
+    assert value(metrics.RECORDS_IN, "svc_sampler", "tlm.sci") == 19
     # partition 1 moves to another instance: its series is retracted, not left stale
     svc.assigned = {a}
     asyncio.run(s.sample())
