@@ -55,7 +55,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if is_unavailable(exc) or (isinstance(exc, DownlinkError) and exc.retriable):
+        if is_unavailable(exc) or _kafka_error(exc) or (isinstance(exc, DownlinkError) and exc.retriable):
             log.warning("archive API dependency unavailable", extra={"path": request.url.path,
                                                                     "error": repr(exc)})
             return JSONResponse(body(503, "the archive is temporarily unavailable; retry shortly"),
@@ -66,3 +66,10 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body(500, f"internal error (request id {request_id}); "
                                       "the server log has the details", request_id=request_id),
                             status_code=500)
+
+
+def _kafka_error(exc: BaseException) -> bool:
+    """Kafka away or slow (sending a reprocess request): a retriable condition, 503."""
+    from aiokafka.errors import KafkaError
+
+    return isinstance(exc, KafkaError)

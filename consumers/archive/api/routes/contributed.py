@@ -1,6 +1,6 @@
 """POST /api/v1/programs/{program}/contributed: members upload data-analysis products.
 
-The body is the FITS file itself (``Content-Type: application/fits``) and
+The body is the FITS file itself (any content type, e.g. ``application/fits``) and
 ``?filename=`` names it. It is streamed to a temporary file (bounded by
 ``settings.archive.max_upload_bytes``), must open with astropy and carry
 ``PROGRAM`` equal to the program in its primary header, and is then kept in
@@ -31,7 +31,7 @@ from consumers.archive.models import Product, Program
 router = APIRouter(tags=["contributed"])
 
 _BODY = {"requestBody": {"required": True, "content": {
-    "application/fits": {"schema": {"type": "string", "format": "binary"}}}}}
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 @router.post("/programs/{program}/contributed", response_model=ProductOut, status_code=201,
