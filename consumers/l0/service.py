@@ -58,6 +58,9 @@ from streams.messages import DeadLetter, L0Ready, L0State, OpsAlert, SciEoc, Sci
 
 log = logging.getLogger(__name__)
 
+#: l0.state key of a partition's progress record (the next tlm.sci offset already processed)
+PROGRESS_KEY = "__progress__."
+
 
 @dataclass
 class Open:
@@ -95,6 +98,9 @@ class L0Assembler(TransactionalService):
         self.limits = Limits.from_settings(settings.l0)
         self.spool_dir = Path(settings.state_dir) / "l0" / "spool" / self.instance
         self._copartitioned = True
+        #: tlm.sci partition -> next offset whose dead letters and alerts were already produced
+        #: (in l0.state under PROGRESS_KEY): a replay after a crash does not produce them twice
+        self.progress: dict[int, int] = {}
 
     # lifecycle and assignment ----------------------------------------------------------------
     async def on_start(self) -> None:
@@ -122,6 +128,10 @@ class L0Assembler(TransactionalService):
         for p in parts:
             self.states[p] = {}
         for exposure_id, st in table.items():
+            if exposure_id.startswith(PROGRESS_KEY):
+                if st.partition in parts:
+                    self.progress[st.partition] = st.through_offset
+                continue
             p = st.partition if self._copartitioned and st.partition >= 0 else None
             for q in ([p] if p is not None and p in parts else parts):
                 self.states[q][exposure_id] = st
@@ -135,6 +145,7 @@ class L0Assembler(TransactionalService):
             self.open.pop(exposure_id).assembly.close()  # the new owner replays it
         for tp in revoked:
             self.states.pop(tp.partition, None)
+            self.progress.pop(tp.partition, None)
         self.contact_end = {k: v for k, v in self.contact_end.items()
                             if k[0] not in {tp.partition for tp in revoked}}
         self._disk_ok.clear()
@@ -161,6 +172,8 @@ class L0Assembler(TransactionalService):
     async def process(self, records: list[Record]) -> list[Output]:
         outputs: list[Output] = []
         touched = await asyncio.to_thread(self._add_records, records, time.monotonic(), outputs)
+        if outputs:  # dead letters or alerts: remember how far they go, in the same transaction
+            outputs += self._progress_records(records)
         for exposure_id in sorted(touched):
             entry = self.open.get(exposure_id)
             if entry is not None and entry.assembly.complete:
@@ -186,9 +199,10 @@ class L0Assembler(TransactionalService):
                 _check_index(index, len(msg.packets))
                 added = entry.assembly.add(index, msg.packets, msg.contact, msg.raw_ts)
             except (CodecError, EnvelopeError, ValueError, IndexError, TypeError) as exc:
-                outputs.append(self.dead_letter_for(
-                    "tlm.sci", rec.tp, rec, f"unusable science run: {type(exc).__name__}: {exc}",
-                    exposure_id=msg.exposure_id, contact=msg.contact))
+                if not self._replayed(rec):
+                    outputs.append(self.dead_letter_for(
+                        "tlm.sci", rec.tp, rec, f"unusable science run: {type(exc).__name__}: {exc}",
+                        exposure_id=msg.exposure_id, contact=msg.contact))
                 continue
             outputs += self._report(entry, rec, msg, added)
             entry.last_update = now
@@ -211,8 +225,9 @@ class L0Assembler(TransactionalService):
             assembly = Assembly.for_exposure(exposure_id, self.spool_dir, self.limits,
                                              token=f".{rec.tp.partition}.{rec.offset}")
         except CodecError as exc:
-            outputs.append(self.dead_letter_for("tlm.sci", rec.tp, rec, f"bad exposure id: {exc}",
-                                                contact=msg.contact))
+            if not self._replayed(rec):
+                outputs.append(self.dead_letter_for("tlm.sci", rec.tp, rec,
+                                                    f"bad exposure id: {exc}", contact=msg.contact))
             return None
         entry = Open(assembly, rec.tp, rec.offset, now)
         if state is not None and problem is None:
@@ -244,9 +259,33 @@ class L0Assembler(TransactionalService):
             self._disk_ok[exposure_id] = True
         return problem
 
+    def _progress_records(self, records: list[Record]) -> list[Output]:
+        out = []
+        last: dict[int, int] = {}
+        for rec in records:
+            last[rec.tp.partition] = max(last.get(rec.tp.partition, -1), rec.offset + 1)
+        for p, through in sorted(last.items()):
+            if through <= self.progress.get(p, -1):
+                continue
+            self.progress[p] = through
+            key = f"{PROGRESS_KEY}{p}"
+            out.append(Output("l0.state", L0State(
+                exposure_id=key, version=0, complete=False, sha256="", packets=0, bytes=0,
+                partition=p, through_offset=through), key=key.encode(),
+                partition=p if self._copartitioned else None))
+        return out
+
+    def _replayed(self, rec: Record) -> bool:
+        """Whether this record's dead letters and alerts were produced before (a replay)."""
+        return rec.offset < self.progress.get(rec.tp.partition, -1)
+
     def _report(self, entry: Open, rec: Record, msg: SciRun, added: Added) -> list[Output]:
-        """Dead letters for rejected packets, an alert for new conflicts."""
+        """Dead letters for rejected packets, an alert for new conflicts (not again on a replay)."""
         out: list[Output] = []
+        if self._replayed(rec):
+            for r in added.rejected:
+                entry.rejected[r.reason.split(":")[0]] += 1
+            return out
         a = entry.assembly
         for r in added.rejected:
             entry.rejected[r.reason.split(":")[0]] += 1

@@ -251,3 +251,42 @@ async def test_rejected_packets_are_dead_lettered_with_their_bytes(h):
     assert letter.service == "l0" and letter.contact == "C1"
     m = json.loads(Path(ready.manifest).read_text())
     assert m["rejected_count"] == 1 and "NINTS" in m["rejected"][0]["reason"]
+
+
+async def test_a_replay_does_not_dead_letter_or_alert_twice(h):
+    """After a crash the pinned offsets replay records already processed: no second dead letter."""
+    from tests.unit.l0_fixtures import data_packet
+    pk = exposure(100, 90, 2)
+    hostile = data_packet(3, 1, 0, 4000)
+    await h.batch((0, run_of(pk[:2] + [hostile])))       # offset 0: open, one rejection
+    assert len(h.sent("tlm.deadletter")) == 1 and h.commits()[-1] == {0: 0}
+    (progress,) = [m for m in h.sent("l0.state") if m.exposure_id.startswith("__progress__")]
+    assert (progress.partition, progress.through_offset) == (0, 1)
+    # a restart: state reloaded, open exposures gone, the partition replayed from offset 0
+    h.svc.open.clear()
+    h.svc.progress = {0: 1}
+    h.next_offset[0] = 0
+    await h.batch((0, run_of(pk[:2] + [hostile])))
+    assert len(h.sent("tlm.deadletter")) == 1, "the replay dead-lettered the packet again"
+    await h.batch((0, run_of(pk[2:])))
+    (ready,) = h.sent("l0.ready")
+    assert ready.complete and ready.rejected == 1
+
+
+async def test_assignment_reads_only_the_assigned_partitions_of_l0_state(h, monkeypatch):
+    asked = []
+
+    async def read_table(settings, topic, cls=None, partitions=None):
+        asked.append((topic, partitions))
+        return {EXPOSURE_ID: L0State(exposure_id=EXPOSURE_ID, version=1, complete=True, sha256="x",
+                                     packets=1, bytes=1, partition=1, through_offset=5),
+                "__progress__.1": L0State(exposure_id="__progress__.1", version=0, complete=False,
+                                          sha256="", packets=0, bytes=0, partition=1,
+                                          through_offset=9)}
+    monkeypatch.setattr(service_mod, "read_table", read_table)
+    h.svc.assigned = set()
+    h.svc.states = {}
+    await h.svc.on_assigned({h.tps[1]})
+    assert asked == [("l0.state", {1})]
+    assert set(h.svc.states) == {1} and EXPOSURE_ID in h.svc.states[1]
+    assert h.svc.progress == {1: 9}
