@@ -13,11 +13,13 @@ APT_CHECKS := \
 	"ls /usr/lib/postgresql/*/bin/postgres:postgresql" \
 	"command -v java:default-jre-headless" \
 	"command -v mvn:maven" \
-	"command -v docker-compose:docker-compose"
+	"command -v docker-compose:docker-compose" \
+	"test -x /usr/bin/chromium:chromium" \
+	"command -v npm:npm"
 
-.PHONY: setup apt pip fetch test demo bench stack-up stack-down clean
+.PHONY: setup apt pip npm fetch test demo bench stack-up stack-down clean
 
-setup: apt pip fetch
+setup: apt pip npm fetch
 
 apt:
 	@missing=""; \
@@ -41,6 +43,14 @@ apt:
 
 pip:
 	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install -q -e '.[dev]'
+
+# the dashboard's JavaScript (Open MCT, mqtt.js) exactly as pinned by its lockfile; redone only when it changes
+DASHBOARD_WEB := consumers/dashboard/web
+npm:
+	@stamp="$(DASHBOARD_WEB)/node_modules/.lock-sha256"; want="$$(sha256sum $(DASHBOARD_WEB)/package-lock.json | cut -d' ' -f1)"; \
+	if [ "$$(cat $$stamp 2>/dev/null)" != "$$want" ]; then \
+		(cd $(DASHBOARD_WEB) && npm ci --no-audit --no-fund --loglevel=error) && echo "$$want" > $$stamp; \
+	fi
 
 fetch:
 	$(DOWNLINK) stack fetch

@@ -33,6 +33,7 @@ SERVICES: dict[str, ServiceSpec] = {spec.name: spec for spec in (
     ServiceSpec("l0", "consumers.l0.service:L0Assembler", description="science runs -> L0 files"),
     ServiceSpec("l1b", "consumers.l1b.service:L1b", description="L0 files -> uncal FITS -> cal.requests"),
     ServiceSpec("realtime", "consumers.realtime.service:Realtime", description="real-time engineering and alerts -> MQTT"),
+    ServiceSpec("dashboard", "consumers.dashboard.service:Dashboard", default=False, description="live engineering dashboard (Open MCT)"),
     ServiceSpec("archive", "consumers.archive.service:ArchiveSink", description="l0.ready, cal.done, recorded engineering -> catalogue"),
     ServiceSpec("api", "consumers.archive.api.server:ApiServer", default=False, description="archive API (HTTP)"),
     ServiceSpec("calibrate", "consumers.calibrate.service:Calibrate", description="cal.requests -> rate, rateints, cal, i2d -> cal.done"),

@@ -1,0 +1,176 @@
+"""Real-time latency: a real-time packet's raw chunk produced to ``downlink.raw`` -> its MQTT message.
+
+What is timed, per real-time engineering packet of the probe contact: from
+the Kafka timestamp of the raw chunk that carried it (CreateTime, set by
+ingest's producer when the chunk is sent; the realtime service copies it into
+every MQTT payload as ``raw_ts``) to the moment a subscriber in this process
+receives the first MQTT message of that packet. Same machine, same clock.
+
+Two phases, each with a fresh probe contact simulated at the Ka-band rate and
+ingested paced at that rate (28 Mbit/s):
+
+1. alone: demux and realtime (separate processes) only carry the probe;
+2. under load: a bulk contact is ingested unpaced at the same time and demux
+   and l0 process it at full speed (same demux process, as in operations).
+
+Keys: ``p50_ms``, ``p95_ms``, ``p99_ms`` (alone), ``p99_ms_under_load`` and
+``p50_ms_under_load`` (goal p99 under load < 100 ms). The topics and MQTT
+topics of the run are removed afterwards; the last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import numpy as np
+
+from benchmarks.common import machine
+from consumers.realtime.publisher import broker_address
+from core.settings import Settings
+from streams.simulator.options import SimOptions
+from streams.simulator.run import simulate
+from streams.topics import create_topics, delete_topics, load_topics
+
+KA_RATE = 3.5e6  # bytes/s = 28 Mbit/s
+
+
+def _env(settings: Settings, state: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"DOWNLINK_KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
+                "DOWNLINK_TOPIC_PREFIX": settings.topic_prefix,
+                "DOWNLINK_MQTT_URL": settings.mqtt.url,
+                "DOWNLINK_REALTIME_TOPIC_ROOT": settings.realtime.topic_root,
+                "DOWNLINK_DATA_DIR": str(state / "data"), "DOWNLINK_STATE_DIR": str(state / "state")})
+    return env
+
+
+def _spawn(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    with open(log, "ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "downlink", *args], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT)
+
+
+class Probe:
+    """Receives MQTT engineering messages; first arrival per (contact, APID, packet time)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.first: dict[tuple[str, int, float], tuple[float, float]] = {}
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        host, port, transport = broker_address(self.settings.mqtt.url)
+        async with aiomqtt.Client(host, port, transport=transport) as client:  # type: ignore[arg-type]
+            await client.subscribe(f"{self.settings.realtime.topic_root}/eng/#", qos=0)
+            self.ready.set()
+            async for m in client.messages:
+                now = time.time()
+                if m.retain or not m.payload:
+                    continue
+                p = json.loads(m.payload)
+                key = (p.get("contact"), p["apid"], p["tai"])
+                if key not in self.first and p.get("raw_ts"):
+                    self.first[key] = (now, float(p["raw_ts"]))
+
+    def latencies_ms(self, contact: str) -> np.ndarray:
+        return np.array([(t - raw) * 1000.0 for (c, _, _), (t, raw) in self.first.items() if c == contact])
+
+
+def _stats(ms: np.ndarray) -> dict[str, float | int]:
+    if ms.size == 0:
+        return {"n": 0}
+    return {"n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p95_ms": round(float(np.percentile(ms, 95)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1), "max_ms": round(float(ms.max()), 1)}
+
+
+async def _ingest(env: dict[str, str], log: Path, path: Path, contact: str, rate: str | None) -> int:
+    args = ["ingest", str(path), "--contact", contact] + (["--rate", rate] if rate else [])
+    proc = _spawn(env, log, *args)
+    while proc.poll() is None:
+        await asyncio.sleep(0.2)
+    return proc.returncode
+
+
+async def arun(settings: Settings, probe_mb: int = 60, bulk_mb: int = 600) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:8]
+    settings = settings.replace(topic_prefix=f"{settings.topic_prefix}bench-rt-{run_id}.",
+                                realtime_topic_root=f"bench-rt-{run_id}/jwst")
+    specs = load_topics(settings.topics_file)
+    procs: list[subprocess.Popen] = []
+    with tempfile.TemporaryDirectory(prefix="downlink-bench-rt-") as tmp_:
+        tmp = Path(tmp_)
+        files = {}
+        for name, seed, mb in (("RTA", 901, probe_mb), ("RTB", 902, probe_mb), ("BULK", 903, bulk_mb)):
+            files[name] = tmp / f"{name}.bin"
+            await asyncio.to_thread(simulate, SimOptions(seed=seed, size_bytes=mb * 1_000_000, contact=name,
+                                                         rate_bytes_per_s=KA_RATE), files[name])
+        env = _env(settings, tmp)
+        await create_topics(settings, specs)
+        probe = Probe(settings)
+        probe_task = asyncio.create_task(probe.run())
+        try:
+            await asyncio.wait_for(probe.ready.wait(), 10)
+            procs.append(_spawn(env, tmp / "realtime.log", "consumer", "realtime"))
+            procs.append(_spawn(env, tmp / "demux.log", "consumer", "demux"))
+            procs.append(_spawn(env, tmp / "l0.log", "consumer", "l0"))
+            await asyncio.sleep(3.0)  # groups join
+            # 1. alone, paced at the downlink rate
+            assert await _ingest(env, tmp / "ingest-a.log", files["RTA"], "RTA", "28Mbps") == 0
+            await asyncio.sleep(2.0)
+            alone = _stats(probe.latencies_ms("RTA"))
+            # 2. the same while a bulk dump is ingested unpaced and processed at full speed
+            bulk = asyncio.create_task(_ingest(env, tmp / "ingest-bulk.log", files["BULK"], "BULK", None))
+            await asyncio.sleep(1.0)
+            assert await _ingest(env, tmp / "ingest-b.log", files["RTB"], "RTB", "28Mbps") == 0
+            bulk_done_during_probe = bulk.done()
+            assert await bulk == 0
+            await asyncio.sleep(2.0)
+            loaded = _stats(probe.latencies_ms("RTB"))
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in procs:
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            probe_task.cancel()
+            await asyncio.gather(probe_task, return_exceptions=True)
+            await delete_topics(settings, [settings.topic(t) for t in specs])
+    return {
+        "p50_ms": alone.get("p50_ms"), "p95_ms": alone.get("p95_ms"), "p99_ms": alone.get("p99_ms"),
+        "p99_ms_under_load": loaded.get("p99_ms"), "p50_ms_under_load": loaded.get("p50_ms"),
+        "p95_ms_under_load": loaded.get("p95_ms"),
+        "alone": alone, "under_load": loaded, "goal_p99_ms_under_load": 100,
+        "probe_mb": probe_mb, "bulk_mb": bulk_mb, "downlink_rate_mbit_s": 28,
+        "bulk_still_running_when_probe_ended": not bulk_done_during_probe,
+        "kafka_bootstrap": settings.kafka.bootstrap, **machine("aiomqtt"),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="downlink bench realtime", description=__doc__.splitlines()[0])
+    ap.add_argument("--probe-mb", type=int, default=60, help="size of each paced probe contact (MB)")
+    ap.add_argument("--bulk-mb", type=int, default=600, help="size of the unpaced bulk contact (MB)")
+    ap.add_argument("--json", action="store_true", help="print only the JSON result")
+    args = ap.parse_args(argv)
+    result = asyncio.run(arun(Settings.from_env(), args.probe_mb, args.bulk_mb))
+    if not args.json:
+        print(f"real-time latency alone: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms; "
+              f"under load: p99 {result['p99_ms_under_load']} ms (goal < 100 ms)", file=sys.stderr)
+    print(json.dumps(result))
+    return 0
