@@ -244,6 +244,7 @@ class DetectorModel:
             return np.unique(rng.integers(0, n, int(rng.poisson(n * fraction))))
 
         hot, warm, dead, lowqe = pick(5e-4), pick(2e-3), pick(1e-4), pick(1e-4)
+        warm = np.setdiff1d(warm, hot)  # one dark current per pixel: a hot pixel is not also warm
         return {"hot": (hot, rng.uniform(20.0, 500.0, hot.size).astype(np.float32)),
                 "warm": (warm, rng.uniform(0.5, 5.0, warm.size).astype(np.float32)),
                 "dead": (dead, np.zeros(dead.size, np.float32)),
