@@ -275,6 +275,41 @@ class Service(abc.ABC):
         return Output("tlm.deadletter", letter, key=rec.key)
 
 
+class Rebalance(ConsumerRebalanceListener):
+    """Partition hand-over, bounded: a revoke waits for the batch in flight at most
+    ``kafka.revoke_timeout_seconds``; past that the batch is marked stale and redone, not
+    committed (quix-streams #1131: an unbounded revoke stalls the whole group)."""
+
+    def __init__(self, service: "ConsumingService") -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        s = self.service
+        try:
+            await asyncio.wait_for(s._batch_lock.acquire(), s.settings.kafka.revoke_timeout_seconds)
+        except asyncio.TimeoutError:
+            s._stale = True
+            log.warning("revoke did not wait for the batch in flight; it will be redone",
+                        extra={"service": s.name})
+            await s.on_revoked(set(revoked))
+            return
+        try:
+            await s.before_revoke()
+            await s.on_revoked(set(revoked))
+        finally:
+            s._batch_lock.release()
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        s = self.service
+        async with s._batch_lock:
+            try:
+                await s.on_assigned(set(assigned))
+            except Exception as exc:
+                # aiokafka only logs listener errors; processing without our state would be wrong
+                s._assign_error = exc
+                raise
+
+
 class ConsumingService(Service):
     """A service that reads input topics in a consumer group (transactional and sink kinds)."""
 
@@ -289,6 +324,19 @@ class ConsumingService(Service):
         self.assigned: set[TopicPartition] = set()
         self.last_activity = time.monotonic()
         self._paused: set[TopicPartition] = set()
+        self._batch_lock = asyncio.Lock()
+        #: a revoke gave up waiting for the batch in flight: redo it instead of committing it
+        self._stale = False
+        self._assign_error: BaseException | None = None
+
+    async def before_revoke(self) -> None:
+        """Finish what the revoked partitions' offsets depend on (the kinds override it)."""
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.assigned |= assigned
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.assigned -= revoked
 
     def make_group_consumer(self) -> AIOKafkaConsumer:
         k = self.settings.kafka
@@ -304,10 +352,11 @@ class ConsumingService(Service):
                              heartbeat_interval_ms=k.heartbeat_interval_ms,
                              request_timeout_ms=k.request_timeout_ms, **fetch)
 
-    async def open_consumer(self, listener: ConsumerRebalanceListener) -> None:
+    async def open_consumer(self, listener: ConsumerRebalanceListener | None = None) -> None:
         self.consumer = self.make_group_consumer()
         await start_client(self.settings, self.consumer)
-        self.consumer.subscribe([self.settings.topic(i.topic) for i in self.inputs], listener=listener)
+        self.consumer.subscribe([self.settings.topic(i.topic) for i in self.inputs],
+                                listener=listener or Rebalance(self))
 
     async def close(self) -> None:
         if self.consumer is not None:

@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import CommitFailedError
 
 from consumers.framework.service import ConsumingService, Output, Record
@@ -34,43 +34,19 @@ from streams.kafka import make_producer, start_client
 log = logging.getLogger(__name__)
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, service: "SinkService") -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        s = self.service
-        try:
-            await asyncio.wait_for(s._batch_lock.acquire(), s.settings.kafka.revoke_timeout_seconds)
-        except asyncio.TimeoutError:
-            s._stale = True
-            await s.on_revoked(set(revoked))
-            return
-        try:
-            await s.on_revoked(set(revoked))
-        finally:
-            s._batch_lock.release()
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        async with self.service._batch_lock:
-            await self.service.on_assigned(set(assigned))
-
-
 class SinkService(ConsumingService):
     """Base of archive and realtime: ``handle`` a batch with an idempotent effect."""
 
     def __init__(self, settings, **kw: Any) -> None:
         super().__init__(settings, **kw)
         self.producer: AIOKafkaProducer | None = None
-        self._batch_lock = asyncio.Lock()
-        self._stale = False
         self._failures = 0
 
     async def on_start(self) -> None:
         self.producer = make_producer(self.settings)
         await start_client(self.settings, self.producer)
         await self.open_sink()
-        await self.open_consumer(_Rebalance(self))
+        await self.open_consumer()
 
     async def close(self) -> None:
         await super().close()
@@ -99,6 +75,8 @@ class SinkService(ConsumingService):
     async def _one_batch(self) -> None:
         got = await self.fetch()
         async with self._batch_lock:
+            if self._assign_error is not None:
+                raise self._assign_error
             got = [(tp, recs) for tp, recs in got if tp in self.assigned]
             records, outputs = self.decode_batch(got)
             if records:
@@ -153,8 +131,3 @@ class SinkService(ConsumingService):
     async def tick(self) -> list[Output]:
         return []
 
-    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.assigned |= assigned
-
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.assigned -= revoked

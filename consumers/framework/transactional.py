@@ -34,7 +34,7 @@ import logging
 import time
 from typing import Any, ClassVar
 
-from aiokafka import AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, ProducerFenced
 
 from core.errors import DownlinkError, StorageError
@@ -57,40 +57,6 @@ def is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, (asyncio.TimeoutError, ConnectionError))
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, service: "TransactionalService") -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        s = self.service
-        # wait (bounded) for the batch in flight: its transaction holds these partitions' offsets
-        try:
-            await asyncio.wait_for(s._batch_lock.acquire(), s.settings.kafka.revoke_timeout_seconds)
-        except asyncio.TimeoutError:
-            # the batch still running will be aborted, not committed (it may cover revoked partitions)
-            s._stale = True
-            log.warning("revoke did not wait for the batch in flight; it will be redone",
-                        extra={"service": s.name})
-            await s.on_revoked(set(revoked))
-            return
-        try:
-            with contextlib.suppress(Exception):
-                await s.drain()
-            await s.on_revoked(set(revoked))
-        finally:
-            s._batch_lock.release()
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        s = self.service
-        async with s._batch_lock:
-            try:
-                await s.on_assigned(set(assigned))
-            except Exception as exc:
-                # aiokafka only logs listener errors; processing without our state would be wrong
-                s._assign_error = exc
-                raise
-
-
 class TransactionalService(ConsumingService):
     """Base of demux, l0, l1b: ``process`` a batch, return outputs; the base commits them."""
 
@@ -100,11 +66,8 @@ class TransactionalService(ConsumingService):
     def __init__(self, settings, **kw: Any) -> None:
         super().__init__(settings, **kw)
         self.producer: AIOKafkaProducer | None = None
-        self._batch_lock = asyncio.Lock()
         self._pending: asyncio.Task | None = None
         self._durable: list[asyncio.Future] = []
-        self._assign_error: BaseException | None = None
-        self._stale = False
         self._failures = 0
 
     # lifecycle -------------------------------------------------------------------------------
@@ -117,7 +80,7 @@ class TransactionalService(ConsumingService):
     async def on_start(self) -> None:
         self.producer = self.make_transactional_producer()
         await start_client(self.settings, self.producer)
-        await self.open_consumer(_Rebalance(self))
+        await self.open_consumer()
 
     async def close(self) -> None:
         await super().close()
@@ -245,11 +208,10 @@ class TransactionalService(ConsumingService):
         """Offsets to commit for a batch (services that keep replayable state pin them)."""
         return consumed
 
-    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        self.assigned |= assigned
-
-    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.assigned -= revoked
+    async def before_revoke(self) -> None:
+        # the transaction in flight holds the revoked partitions' offsets: let it finish
+        with contextlib.suppress(Exception):
+            await self.drain()
 
     async def caught_up(self) -> bool:
         if self._pending is not None and not self._pending.done():
