@@ -76,6 +76,10 @@ class Open:
     lost: L0State | None = None
     lost_reason: str = ""
     contact: str = ""
+    #: contacts whose records were added since it opened (their ends close it)
+    contacts: set = field(default_factory=set)
+    #: records added that were not replays (an empty exposure alerts only then)
+    fresh_records: int = 0
     rejected: Counter = field(default_factory=Counter)
 
 
@@ -208,6 +212,8 @@ class L0Assembler(TransactionalService):
             entry.last_update = now
             entry.through_offset = max(entry.through_offset, rec.offset + 1)
             entry.contact = msg.contact
+            entry.contacts.add(msg.contact)
+            entry.fresh_records += not self._replayed(rec)
             touched.add(msg.exposure_id)
         return touched
 
@@ -216,6 +222,12 @@ class L0Assembler(TransactionalService):
         exposure_id = msg.exposure_id
         state = self.states.get(rec.tp.partition, {}).get(exposure_id)
         problem = self._disk_problem(exposure_id, state) if state is not None else None
+        seed_version: int | None = None  # None: the current files
+        if problem is not None and disk_problem(self.settings.data_dir, exposure_id, state.version,
+                                                state.sha256, state.bytes, state.version) is None:
+            # a crash between the two renames of the next version: the recorded one is intact
+            # under its superseded name (the writer links it there first)
+            problem, seed_version = None, state.version
         if state is not None and problem is None:
             if state.complete:
                 return None  # every identity is already in the complete L0: all duplicates
@@ -231,7 +243,7 @@ class L0Assembler(TransactionalService):
             return None
         entry = Open(assembly, rec.tp, rec.offset, now)
         if state is not None and problem is None:
-            data_path, manifest_path = l0_paths(self.settings.data_dir, exposure_id)
+            data_path, manifest_path = l0_paths(self.settings.data_dir, exposure_id, seed_version)
             try:
                 assembly.seed(data_path, read_manifest(manifest_path))
             except Exception as exc:  # the file changed under us: treat it as damaged
@@ -314,7 +326,7 @@ class L0Assembler(TransactionalService):
         outputs: list[Output] = []
         for exposure_id, entry in sorted(self.open.items()):
             p = entry.tp.partition
-            ends = [self.contact_end.get((p, c)) for c in entry.assembly.contacts]
+            ends = [self.contact_end.get((p, c)) for c in entry.contacts]
             contacts_over = bool(ends) and all(e is not None and now - e >= margin for e in ends)
             if contacts_over or now - entry.last_update >= self.settings.l0.quiet_seconds:
                 outputs += await self._finish(exposure_id)
@@ -329,6 +341,14 @@ class L0Assembler(TransactionalService):
         entry = self.open.pop(exposure_id)
         a = entry.assembly
         p = entry.tp.partition
+        if a.packets == 0:  # every packet was rejected: nothing to write, the dead letters say why
+            a.close()
+            if entry.rejected and entry.fresh_records:
+                return [self._alert(entry, "l0_rejected", "warning",
+                                    f"{sum(entry.rejected.values())} packets rejected (dead letters), "
+                                    "none kept: no L0 version written",
+                                    detail={"reasons": dict(entry.rejected)})]
+            return []
         prev = self.states.get(p, {}).get(exposure_id)
         sha, nbytes = await asyncio.to_thread(a.content_sha256)
         alerts: list[Output] = []

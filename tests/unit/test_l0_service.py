@@ -290,3 +290,42 @@ async def test_assignment_reads_only_the_assigned_partitions_of_l0_state(h, monk
     assert asked == [("l0.state", {1})]
     assert set(h.svc.states) == {1} and EXPOSURE_ID in h.svc.states[1]
     assert h.svc.progress == {1: 9}
+
+
+async def test_crash_between_data_and_manifest_reopens_from_the_superseded_copy(h):
+    """v2's data renamed in, then a crash before its manifest: l0.state still says v1, which the
+    writer linked to <id>_l0.v1.* first; the next packets reopen from there, nothing is lost."""
+    pk = exposure(100, 90, 2)
+    await h.batch((0, run_of(pk[:-3])), (0, SciEoc(contact="C1", bytes=1)))
+    (v1,) = h.sent("l0.ready")
+    data, manifest = l0_paths(h.settings.data_dir, EXPOSURE_ID)
+    old_data, old_manifest = l0_paths(h.settings.data_dir, EXPOSURE_ID, 1)
+    import os
+    os.link(data, old_data)
+    os.link(manifest, old_manifest)
+    data.unlink()
+    data.write_bytes(b"".join(pk[:-1]))  # the next version's bytes, its manifest never written
+    h.svc._disk_ok.clear()
+    await h.batch((0, run_of(pk[-3:], contact="C2")))
+    v2 = h.sent("l0.ready")[-1]
+    assert (v2.version, v2.complete) == (2, True) and data.read_bytes() == b"".join(pk)
+    assert h.sent("ops.alerts") == []
+
+
+async def test_an_exposure_with_only_rejected_packets_writes_no_version(h):
+    from tests.unit.l0_fixtures import data_packet
+    await h.batch((0, run_of([start_packet(0, 0, 1, expected=1), data_packet(1, 1, 1, 5)])))
+    assert len(h.sent("tlm.deadletter")) == 2
+    await h.batch((0, SciEoc(contact="C1", bytes=1)))
+    assert h.sent("l0.ready") == [] and h.svc.open == {}
+    (alert,) = h.sent("ops.alerts")
+    assert alert.type == "l0_rejected"
+
+
+async def test_a_reopened_exposure_waits_only_for_the_contacts_that_carried_it_now(h):
+    pk = exposure(100, 90, 3)
+    await h.batch((0, run_of(pk[:-4])), (0, SciEoc(contact="C1", bytes=1)))
+    h.svc.contact_end.clear()  # a restart: the end of C1 is long gone from memory
+    await h.batch((0, run_of(pk[-4:-2], contact="C2")), (0, SciEoc(contact="C2", bytes=1)))
+    v1, v2 = h.sent("l0.ready")
+    assert (v2.version, v2.complete, v2.contacts) == (2, False, ["C1", "C2"])
