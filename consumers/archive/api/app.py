@@ -65,6 +65,7 @@ def create_app(settings: Settings, clock: Callable[[], dt.datetime] = db.utcnow)
     app = FastAPI(title="downlink archive", version=SOFTWARE_VERSION, lifespan=lifespan,
                   description="Programs, products (with exclusive access) and recorded engineering. "
                               "Authenticate with `Authorization: Bearer <token>`.")
+    app.router.redirect_slashes = False  # a trailing slash is a 404, never a redirect elsewhere
     app.state.archive = state
     errors.install(app)
     for module in (programs, products, engineering, reprocess, contributed):
