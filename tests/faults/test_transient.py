@@ -97,7 +97,7 @@ async def test_disk_full_pauses_then_finishes_when_space_returns(settings, topic
     log = tmp_path / "run.log"
     proc = spawn_with(settings, "run", "--until-idle", log=log, env={"DOWNLINK_METRICS_PORT": str(port)})
     try:
-        await wait_for_log([log], "disk is full", timeout=120)
+        await wait_for_log([log], "No space left on device", timeout=120)
         # while full: the run stays up and keeps pausing/retrying; what it leaves on disk is always
         # whole (a temp file or a mismatched pair may exist only for an instant, never persist)
         clean_samples, disk_full_retries = 0, 0.0
