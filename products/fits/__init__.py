@@ -22,7 +22,7 @@ from products.durable import fsync_dir, tmp_path
 ORIGIN = "DOWNLINK"
 
 
-def sha256_of(path: Path, block: int = 1 << 22) -> str:
+def sha256_of(path: Path, block: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(block), b""):

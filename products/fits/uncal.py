@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -460,11 +461,18 @@ class UncalFile:
         if not self.path.is_file():
             raise CalibrationError(f"{self.path}: no such uncal file")
         try:
-            self._hdul = fits.open(self.path, memmap=True, do_not_scale_image_data=True,
-                                   lazy_load_hdus=False)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self._hdul = fits.open(self.path, memmap=True, do_not_scale_image_data=True,
+                                       lazy_load_hdus=False)
         except (OSError, ValueError, TypeError, IndexError) as exc:
             raise CalibrationError(f"{self.path} is not a readable FITS file ({exc}); "
                                    "re-make it from its L0 file or fetch it again") from None
+        if any("truncated" in str(w.message) for w in caught):
+            self._hdul.close()
+            raise CalibrationError(f"{self.path} is truncated (astropy: "
+                                   f"{next(str(w.message) for w in caught if 'truncated' in str(w.message))}); "
+                                   "re-make it from its L0 file or fetch it again")
         try:
             self._check()
         except BaseException:
