@@ -13,6 +13,9 @@ ingested paced at that rate (28 Mbit/s):
 2. under load: a bulk contact is ingested unpaced at the same time and demux
    and l0 process it at full speed (same demux process, as in operations).
 
+It also reports demux's share (raw chunk produced -> its ``tlm.eng.realtime``
+record's Kafka timestamp) and the raw partition of each contact.
+
 Keys: ``p50_ms``, ``p95_ms``, ``p99_ms`` (alone), ``p99_ms_under_load`` and
 ``p50_ms_under_load`` (goal p99 under load < 100 ms). The topics and MQTT
 topics of the run are removed afterwards; the last line printed is one JSON object.
@@ -37,6 +40,7 @@ import aiomqtt
 import numpy as np
 
 from benchmarks.common import machine
+from consumers.ingest.resume import partition_for
 from consumers.realtime.publisher import broker_address
 from core.settings import Settings
 from streams.simulator.options import SimOptions
@@ -84,8 +88,38 @@ class Probe:
                 if key not in self.first and p.get("raw_ts"):
                     self.first[key] = (now, float(p["raw_ts"]))
 
+    async def settle(self, contact: str, expected: int, timeout: float = 180.0) -> None:
+        """Wait until every real-time packet of ``contact`` arrived (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sum(1 for c, _, _ in self.first if c == contact) >= expected:
+                return
+            await asyncio.sleep(0.2)
+
     def latencies_ms(self, contact: str) -> np.ndarray:
         return np.array([(t - raw) * 1000.0 for (c, _, _), (t, raw) in self.first.items() if c == contact])
+
+
+def _realtime_packets(path: Path) -> int:
+    """Real-time engineering packets in a contact file (what the probe must receive)."""
+    from streams.decoder import decode_all
+    from streams.dictionary import load_dictionary
+
+    pk = decode_all(path.read_bytes(), load_dictionary().packet_lengths()).packets
+    return int(((pk.kind == 1) & (pk.source == 0)).sum())
+
+
+async def _fast_lane_ms(settings: Settings) -> dict[str, dict[str, float | int]]:
+    """Per probe contact: raw chunk produced -> its tlm.eng.realtime record written (demux's share)."""
+    from streams.kafka import read_to_end
+    from streams.messages import EngBatch
+
+    ms: dict[str, list[float]] = {"RTA": [], "RTB": []}
+    async for rec in read_to_end(settings, "tlm.eng.realtime"):
+        b = EngBatch.decode(rec.value)
+        if b.contact in ms and b.raw_ts:
+            ms[b.contact].append(rec.timestamp - b.raw_ts)
+    return {c: _stats(np.array(v)) for c, v in ms.items()}
 
 
 def _stats(ms: np.ndarray) -> dict[str, float | int]:
@@ -104,7 +138,7 @@ async def _ingest(env: dict[str, str], log: Path, path: Path, contact: str, rate
     return proc.returncode
 
 
-async def arun(settings: Settings, probe_mb: int = 60, bulk_mb: int = 600) -> dict[str, Any]:
+async def arun(settings: Settings, probe_mb: int = 60, bulk_mb: int = 400) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     settings = settings.replace(topic_prefix=f"{settings.topic_prefix}bench-rt-{run_id}.",
                                 realtime_topic_root=f"bench-rt-{run_id}/jwst")
@@ -113,10 +147,13 @@ async def arun(settings: Settings, probe_mb: int = 60, bulk_mb: int = 600) -> di
     with tempfile.TemporaryDirectory(prefix="downlink-bench-rt-") as tmp_:
         tmp = Path(tmp_)
         files = {}
-        for name, seed, mb in (("RTA", 901, probe_mb), ("RTB", 902, probe_mb), ("BULK", 903, bulk_mb)):
+        # one observatory: packet times only move forward, so the bulk contact (its own real-time
+        # packets included) is the oldest and each probe newer than everything before it
+        for name, seed, mb in (("BULK", 900, bulk_mb), ("RTA", 901, probe_mb), ("RTB", 902, probe_mb)):
             files[name] = tmp / f"{name}.bin"
             await asyncio.to_thread(simulate, SimOptions(seed=seed, size_bytes=mb * 1_000_000, contact=name,
                                                          rate_bytes_per_s=KA_RATE), files[name])
+        expected = {name: _realtime_packets(files[name]) for name in ("RTA", "RTB")}
         env = _env(settings, tmp)
         await create_topics(settings, specs)
         probe = Probe(settings)
@@ -129,7 +166,7 @@ async def arun(settings: Settings, probe_mb: int = 60, bulk_mb: int = 600) -> di
             await asyncio.sleep(3.0)  # groups join
             # 1. alone, paced at the downlink rate
             assert await _ingest(env, tmp / "ingest-a.log", files["RTA"], "RTA", "28Mbps") == 0
-            await asyncio.sleep(2.0)
+            await probe.settle("RTA", expected["RTA"])
             alone = _stats(probe.latencies_ms("RTA"))
             # 2. the same while a bulk dump is ingested unpaced and processed at full speed
             bulk = asyncio.create_task(_ingest(env, tmp / "ingest-bulk.log", files["BULK"], "BULK", None))
@@ -137,8 +174,9 @@ async def arun(settings: Settings, probe_mb: int = 60, bulk_mb: int = 600) -> di
             assert await _ingest(env, tmp / "ingest-b.log", files["RTB"], "RTB", "28Mbps") == 0
             bulk_done_during_probe = bulk.done()
             assert await bulk == 0
-            await asyncio.sleep(2.0)
+            await probe.settle("RTB", expected["RTB"])
             loaded = _stats(probe.latencies_ms("RTB"))
+            lane = await _fast_lane_ms(settings)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -156,6 +194,10 @@ async def arun(settings: Settings, probe_mb: int = 60, bulk_mb: int = 600) -> di
         "p99_ms_under_load": loaded.get("p99_ms"), "p50_ms_under_load": loaded.get("p50_ms"),
         "p95_ms_under_load": loaded.get("p95_ms"),
         "alone": alone, "under_load": loaded, "goal_p99_ms_under_load": 100,
+        "raw_to_tlm_eng_realtime": {"alone": lane["RTA"], "under_load": lane["RTB"]},
+        "raw_partitions": {c: partition_for(c, range(specs["downlink.raw"].partitions))
+                           for c in ("RTA", "RTB", "BULK")},
+        "realtime_packets": expected,
         "probe_mb": probe_mb, "bulk_mb": bulk_mb, "downlink_rate_mbit_s": 28,
         "bulk_still_running_when_probe_ended": not bulk_done_during_probe,
         "kafka_bootstrap": settings.kafka.bootstrap, **machine("aiomqtt"),
@@ -165,7 +207,7 @@ async def arun(settings: Settings, probe_mb: int = 60, bulk_mb: int = 600) -> di
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="downlink bench realtime", description=__doc__.splitlines()[0])
     ap.add_argument("--probe-mb", type=int, default=60, help="size of each paced probe contact (MB)")
-    ap.add_argument("--bulk-mb", type=int, default=600, help="size of the unpaced bulk contact (MB)")
+    ap.add_argument("--bulk-mb", type=int, default=400, help="size of the unpaced bulk contact (MB)")
     ap.add_argument("--json", action="store_true", help="print only the JSON result")
     args = ap.parse_args(argv)
     result = asyncio.run(arun(Settings.from_env(), args.probe_mb, args.bulk_mb))

@@ -50,7 +50,9 @@ class Realtime(SinkService):
     name = "realtime"
     inputs = (Input("tlm.eng.realtime", (EngBatch,), priority=0),
               Input("ops.alerts", (OpsAlert,), priority=0),
-              Input("demux.state", (DemuxState,), priority=1))
+              # same priority on purpose: demux.state is small, and pausing partitions on every
+              # snapshot would stall the fetcher (measured: +0.4 s on real-time values)
+              Input("demux.state", (DemuxState,), priority=0))
     outputs = {"tlm.deadletter": (DeadLetter,)}
     max_records = 512
     fetch_timeout_ms = 100
