@@ -215,7 +215,6 @@ def run_pipeline(uncal_path: Path | str, out_dir: Path | str, refs: RefSource, *
     there while a ToO runs). Raises CalibrationError for bad input or missing
     references, ConfigError for bad steps/parameters, StorageError for disk trouble.
     """
-    from products.fits import sha256_of
     from products.fits.products import DATAMODELS, LEVELS, PLANES, BlockWriter, product_name
     from products.fits.uncal import UncalFile, mark_missing
 
@@ -370,6 +369,22 @@ def run_pipeline(uncal_path: Path | str, out_dir: Path | str, refs: RefSource, *
     log.info("calibrated %s", stem, extra={"exposure_id": stem, "context": refs.name,
                                              "blocks": nblocks, "seconds": round(seconds["total"], 3)})
     return PipelineResult(products, prov, umeta, seconds, nblocks)
+
+
+def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file read into one reused 1 MiB buffer (hashing must not cost memory)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            n = fh.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+    return h.hexdigest()
 
 
 def _write(writer: Any, arrays: SlopeArrays, row0: int) -> None:
