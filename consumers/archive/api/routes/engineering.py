@@ -49,7 +49,10 @@ async def engineering(
     limit = settings.archive.max_eng_points
     if max_points is not None and total > max_points:
         width = (t1 - t0) / max_points
-        bucket = cast((EngSample.t - t0) / width, Integer).label("b")
+        scaled = (EngSample.t - t0) / width
+        # floor: PostgreSQL's CAST rounds to nearest, SQLite's truncates (equal to floor here, >= 0)
+        bucket = (func.floor(scaled) if session.bind.dialect.name == "postgresql"
+                  else cast(scaled, Integer)).label("b")
         rows = (await session.execute(
             select(bucket, func.avg(EngSample.t), func.avg(EngSample.value), func.min(EngSample.value),
                    func.max(EngSample.value), func.count()).where(*where).group_by(bucket)
