@@ -32,11 +32,13 @@ label per defect class, never a value.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
+from core.errors import ValidationError
 from streams.decoder import DecodedChunk, PacketIndex
 from streams.packets import (
     DETECTORS,
@@ -242,3 +244,26 @@ def exposure_id_of(packets: PacketIndex, i: int) -> str | None:
     return ExposureTag(*(int(getattr(packets, f)[i]) for f in (
         "program", "observation", "visit", "visit_group", "parallel_seq", "activity", "exposure",
         "detector"))).exposure_id
+
+
+# --- contact ids ----------------------------------------------------------------------------------
+
+#: reserved in contact ids: demux names a later pass of a contact ``<id>#<n>``
+PASS_SEP = "#"
+_CONTACT_ID = re.compile(r"^[A-Za-z0-9._:+-]{1,200}$")
+
+
+class ContactIdError(ValidationError):
+    """A contact id (or a raw record) that cannot be used."""
+
+
+def check_contact_id(contact: str) -> str:
+    """``contact`` if it is a usable contact id (1-200 letters, digits, ``. _ - : +``), else
+    :class:`ContactIdError` saying why."""
+    if not contact:
+        raise ContactIdError("no contact id (neither a 'contact' header nor a record key)")
+    if not _CONTACT_ID.match(contact):
+        raise ContactIdError(
+            f"contact id {contact[:60]!r} must be 1-200 letters, digits or . _ - : + "
+            f"('{PASS_SEP}' is reserved for later passes of a contact)")
+    return contact

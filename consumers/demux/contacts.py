@@ -17,29 +17,11 @@ keeps the plain id.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
-from core.errors import ValidationError
+from streams.validation import PASS_SEP, ContactIdError, check_contact_id
 
-PASS_SEP = "#"
-_ID = re.compile(r"^[A-Za-z0-9._:+-]{1,200}$")
-
-
-class ContactIdError(ValidationError):
-    """A contact id or raw record demux cannot use (the record goes to the dead-letter topic)."""
-
-
-def check_contact_id(contact: str) -> str:
-    """``contact`` if it is a usable contact id, else :class:`ContactIdError` saying why."""
-    if not contact:
-        raise ContactIdError("no contact id (neither a 'contact' header nor a record key)")
-    if not _ID.match(contact):
-        raise ContactIdError(
-            f"contact id {contact[:60]!r} must be 1-200 letters, digits or . _ - : + "
-            f"('{PASS_SEP}' is reserved for passes of a contact)")
-    return contact
-
+__all__ = ["PASS_SEP", "ContactIdError", "Passes", "check_contact_id", "pass_id", "split_pass"]
 
 def split_pass(pass_id: str) -> tuple[str, int]:
     """(contact id, pass number) of a pass id: ``C`` -> (C, 1), ``C#3`` -> (C, 3)."""

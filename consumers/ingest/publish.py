@@ -53,6 +53,7 @@ from core.errors import ConfigError, IngestError
 from core.settings import Settings
 from monitoring.metrics import BYTES_OUT, MESSAGES_OUT
 from streams.kafka import make_consumer, make_producer, start_client
+from streams.validation import check_contact_id
 
 
 from consumers.ingest.resume import RAW_TOPIC, ResumePoint, find_resume_point, raw_partition
@@ -314,7 +315,11 @@ def _count(result: IngestResult) -> IngestResult:
 
 
 async def locate(settings: Settings, contact: str) -> tuple[TopicPartition, ResumePoint]:
-    """The contact's partition and what of it is already published (a short-lived reader)."""
+    """The contact's partition and what of it is already published (a short-lived reader).
+
+    Refuses a contact id demux could not use (:func:`streams.validation.check_contact_id`).
+    """
+    check_contact_id(contact)
     tp = await raw_partition(settings, contact)
     # headers are all the scan needs; the broker checked each batch's CRC when it was written
     consumer = make_consumer(settings, group=None, check_crcs=False)

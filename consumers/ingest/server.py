@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from datetime import datetime, timezone
 from typing import Callable
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from core.errors import IngestError
 from core.settings import Settings
 
 
 from consumers.ingest.publish import IngestResult, Progress, no_progress, started_producer, locate, publish
-from consumers.ingest.resume import raw_partition
+from consumers.ingest.resume import ResumePoint, raw_partition
+from streams.validation import check_contact_id
 from consumers.ingest.sources import StreamSource
 
 log = logging.getLogger(__name__)
@@ -28,12 +30,15 @@ ProgressFactory = Callable[[str], Progress]
 class IngestServer:
     """TCP server for ground-station feeds: one connection = one contact, end of connection = end of contact.
 
-    Contact ids: with ``once`` and a ``contact``, that id; otherwise
-    ``<base>-<n>`` for the n-th connection (n = 001, 002, ...), base = ``contact``
-    or ``tcp-<server start, UTC>``. A restarted server with the same ``contact``
-    therefore names connections as before, so a feed that replays its contacts
-    from their first byte resumes instead of duplicating. A connection reset
-    (not a clean close) leaves the contact without end-of-contact marker.
+    Contact ids: with ``once`` and a ``contact``, that id (a feed that is cut
+    and replays from its first byte to a restarted ``--once`` server resumes
+    that contact). Otherwise ``<base>-<run>-<n>`` for the n-th connection
+    (n = 001, 002, ...), base = ``contact`` or ``tcp``, and ``run`` unique to
+    this server run (start time, UTC, and 4 random hex digits): a restarted
+    server never names a new feed like an earlier one. A generated id that
+    the topic already holds (checked when the connection starts) is skipped
+    for the next one. A connection reset (not a clean close) leaves the
+    contact without end-of-contact marker.
     """
 
     def __init__(
@@ -52,21 +57,39 @@ class IngestServer:
         self.host, self.port = host, port
         self.once = once
         self.contact = contact
-        self.base = contact or "tcp-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        if contact:
+            check_contact_id(contact)
+        self.base = contact or "tcp"
+        self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
         self.progress_factory = progress_factory
         self.results: list[IngestResult] = []
         self.address: tuple[str, int] | None = None
         self._server: asyncio.Server | None = None
         self._producer: AIOKafkaProducer | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._connections = 0
+        self._connections = 0  # ids handed out
+        self._accepted = 0  # connections accepted
+        self._ids = asyncio.Lock()
         self._done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def contact_id(self, n: int) -> str:
         """Id of the n-th connection (1-based)."""
         if self.once and self.contact:
             return self.contact
-        return f"{self.base}-{n:03d}"
+        return f"{self.base}-{self.run_id}-{n:03d}"
+
+    async def _fresh_id(self) -> tuple[str, TopicPartition, ResumePoint]:
+        """The next connection's id, partition and resume point; generated ids never name
+        a contact the topic already holds."""
+        while True:
+            self._connections += 1
+            contact = self.contact_id(self._connections)
+            tp, resume = await locate(self.settings, contact)
+            generated = not (self.once and self.contact)
+            if not generated or (resume.offset == 0 and not resume.complete):
+                return contact, tp, resume
+            log.warning("generated contact id already in the topic; taking the next one",
+                        extra={"contact": contact})
 
     async def start(self) -> None:
         """Connect the producer, check the topic exists, then listen."""
@@ -107,22 +130,24 @@ class IngestServer:
         return self.results
 
     def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.once and self._connections:
+        if self.once and self._accepted:
             writer.close()  # a --once server takes a single feed
             return
-        self._connections += 1
-        contact = self.contact_id(self._connections)
-        task = asyncio.create_task(self._serve(contact, reader, writer), name=f"ingest:{contact}")
+        self._accepted += 1
+        task = asyncio.create_task(self._serve(reader, writer), name=f"ingest:{self._accepted}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, contact: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        contact = "?"
         extra = {"contact": contact, "peer": str(peer)}
-        log.info("feed connected", extra=extra)
         try:
             assert self._producer is not None
-            tp, resume = await locate(self.settings, contact)
+            async with self._ids:  # connections take ids in order
+                contact, tp, resume = await self._fresh_id()
+            extra = {"contact": contact, "peer": str(peer)}
+            log.info("feed connected", extra=extra)
             progress = self.progress_factory(contact) if self.progress_factory else no_progress
             result = await publish(
                 self.settings, self._producer, tp, contact, StreamSource(reader), resume, progress=progress

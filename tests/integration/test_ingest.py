@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aiokafka import TopicPartition
 
-from core.errors import IngestError, KafkaUnavailable
+from core.errors import IngestError, KafkaUnavailable, ValidationError
 from core.settings import Settings
 from consumers.ingest import RAW_TOPIC, IngestResult, IngestServer, ingest_file, parse_rate, parse_size, partition_for
 from streams.kafka import make_admin, make_consumer
@@ -261,10 +261,47 @@ async def test_listen_reassembles_each_connection_as_a_contact(small: Settings, 
         for n, data in enumerate(streams):
             await _feed(server.address, data, seed=n)
         await asyncio.wait_for(finished.wait(), 60)
-    assert sorted(r.contact for r in done) == ["GS-001", "GS-002", "GS-003"]
+    run = server.run_id
+    assert sorted(r.contact for r in done) == [f"GS-{run}-001", f"GS-{run}-002", f"GS-{run}-003"]
     for n, data in enumerate(streams):
-        contact = f"GS-{n + 1:03d}"
+        contact = f"GS-{run}-{n + 1:03d}"
         check_contact(await raw_messages(small, contact), contact, data)
+
+
+@pytest.mark.integration
+async def test_listen_never_reuses_a_contact_id_after_a_restart(small: Settings, topics: dict[str, str]) -> None:
+    data = random.Random(3).randbytes(2 * CHUNK + 1)
+    ids = []
+    for attempt in range(2):  # two runs of the server with the same base
+        got: list[IngestResult] = []
+        finished = asyncio.Event()
+        async with IngestServer(small, "127.0.0.1", 0, "RS",
+                                on_result=lambda r: (got.append(r), finished.set())) as server:
+            assert server.address is not None
+            await _feed(server.address, data, seed=attempt)
+            await asyncio.wait_for(finished.wait(), 60)
+        ids.append(got[0].contact)
+    assert ids[0] != ids[1] and all(i.startswith("RS-") and i.endswith("-001") for i in ids)
+    # an id the topic already holds is never handed out again, even by a server that would
+    # generate it (same run id forced here)
+    got = []
+    finished = asyncio.Event()
+    async with IngestServer(small, "127.0.0.1", 0, "RS",
+                            on_result=lambda r: (got.append(r), finished.set())) as server:
+        server.run_id = ids[1].removeprefix("RS-").removesuffix("-001")
+        assert server.address is not None
+        await _feed(server.address, data, seed=5)
+        await asyncio.wait_for(finished.wait(), 60)
+    assert got[0].contact == f"RS-{server.run_id}-002" and not got[0].already_complete
+
+
+@pytest.mark.integration
+async def test_a_contact_id_demux_cannot_use_is_refused(small: Settings, topics: dict[str, str], tmp_path: Path) -> None:
+    path, _ = random_file(tmp_path, "BAD", CHUNK, seed=4)
+    with pytest.raises(ValidationError, match="reserved"):
+        await ingest_file(small, path, "BAD#2")
+    with pytest.raises(ValidationError):
+        IngestServer(small, "127.0.0.1", 0, "has space")
 
 
 @pytest.mark.integration

@@ -89,9 +89,9 @@ async def test_faulted_contact(settings, topics, tmp_path):
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{settings.metrics.port}/metrics").read().decode()
     assert "downlink_packets_missing_total{apid=" in scraped
     assert "downlink_l0_written_total" in scraped and "jw0" not in scraped
-    # ops.alerts: one gap event per gap, naming APID and first missing count
+    # ops.alerts: gaps coalesced per (contact, APID, source), each gap a [first missing, count] range
     alerts = [m for _, m in await read_all(settings, "ops.alerts")]
-    gap_alerts = {(a["apid"], a["source"], a["first_seq"], a["count"]) for a in alerts if a["type"] == "gap"}
+    gap_alerts = {(a["apid"], a["source"], f, c) for a in alerts if a["type"] == "gap" for f, c in a["ranges"]}
     for key, want in expected.items():
         apid, source = map(int, key.split("/"))
         for first, count in want["gaps"]:
