@@ -208,7 +208,8 @@ class Catalogue:
                 if await self._add_version(session, p):
                     result.products_added += 1
                     existing.add((p.name, p.sha256))
-            if isinstance(msg, CalDone):
+            if isinstance(msg, CalDone) and getattr(msg, "kind", "exposure") == "exposure":
+                # a visit product (L3) is not its exposure's calibration: the clock stays
                 await self._set_first_calibration(session, exposure, when)
         if eng_rows:
             result.samples_offered = len(eng_rows)

@@ -8,9 +8,9 @@ run time. The products it makes arrive on cal.done and become new versions;
 the old versions stay.
 
 The best available context is the pinned ``settings.calibrate.context`` if
-set, else the newest of the contexts found in the reference folder
-(``jwst_<n>.pmap`` names) and those already recorded in the catalogue;
-contexts order by their number. The best pipeline version is the software
+set, else the newest of the contexts in the reference store
+(:class:`products.refs.RefStore`, ``downlink refs list``) and those already
+recorded in the catalogue; contexts order by their number. The best pipeline version is the software
 version of this installation.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,8 +31,9 @@ from streams.messages import CalRequest
 
 log = logging.getLogger(__name__)
 
-_CONTEXT = re.compile(r"^[a-z]+_(\d+)\.pmap$")
-CONTEXT_PATTERN = r"^[a-z]+_[0-9]{1,8}\.pmap$"
+_CONTEXT = re.compile(r"^[a-z]+_(\d+)(\.pmap)?$")
+#: a reference context name: downlink_0002 (ours, products/refs) or jwst_1234.pmap (CRDS style)
+CONTEXT_PATTERN = r"^[a-z]+_[0-9]{1,8}(\.pmap)?$"
 
 
 def context_key(context: str) -> tuple[int, str]:
@@ -46,20 +46,11 @@ def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) if p.isdigit() else 0 for p in re.split(r"[.+-]", version or "0")[:4])
 
 
-def refs_dir(settings: Settings) -> Path:
-    return Path(settings.calibrate.refs_dir) if settings.calibrate.refs_dir else \
-        Path(settings.data_dir) / "refs"
-
-
 def contexts_on_disk(settings: Settings) -> list[str]:
-    folder = refs_dir(settings)
-    if not folder.is_dir():
-        return []
-    found = set()
-    for path in folder.rglob("*.pmap"):
-        if _CONTEXT.match(path.name):
-            found.add(path.name)
-    return sorted(found, key=context_key)
+    """Contexts of the reference store (``downlink refs make`` writes them)."""
+    from products.refs.store import RefStore, refs_root
+
+    return sorted(RefStore(refs_root(settings)).contexts(), key=context_key)
 
 
 async def best_context(session: AsyncSession, settings: Settings) -> str:

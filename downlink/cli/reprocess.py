@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         if (program is None) == (exposure is None):
             raise typer.BadParameter("give exactly one of --program or --exposure")
         if context is not None and not re.match(rp.CONTEXT_PATTERN, context):
-            raise typer.BadParameter(f"context {context!r} should look like jwst_0002.pmap")
+            raise typer.BadParameter(f"context {context!r} should look like downlink_0002")
         settings = settings_of(ctx)
 
         async def main() -> list[str]:

@@ -80,7 +80,7 @@ def write_fits(path: Path, exposure_id: str, *, suffix: str, context: str = "", 
     return {"level": level, "suffix": suffix, "path": str(path), "sha256": sha(raw), "size": len(raw)}
 
 
-def cal_done(data_dir: Path, exposure_id: str = EXPOSURE, *, context: str = "jwst_0001.pmap",
+def cal_done(data_dir: Path, exposure_id: str = EXPOSURE, *, context: str = "downlink_0001",
              cal_version: str = "0.1.0", finished_at: float = 1_780_000_000.0, run: int = 1,
              priority: str = "normal", subdir: str | None = None) -> CalDone:
     """Write uncal + rate + cal files for one calibration run and the CalDone announcing them.

@@ -64,7 +64,7 @@ async def cal_requests(settings) -> list[CalRequest]:
 async def test_reprocessed_products_are_new_versions(archive_settings, client_for):
     s = archive_settings
     data = Path(s.data_dir)
-    await apply(s, l0_ready(data), cal_done(data, context="jwst_0001.pmap", cal_version="0.1.0",
+    await apply(s, l0_ready(data), cal_done(data, context="downlink_0001", cal_version="0.1.0",
                                             finished_at=FIRST, run=1))
     with Admin(s) as admin:
         token = admin.add_user("alice", [1234], days=800, now=naive(FIRST))
@@ -73,7 +73,7 @@ async def test_reprocessed_products_are_new_versions(archive_settings, client_fo
         v1 = (await c.get(f"/api/v1/products/{CAL}", headers=h)).json()
         v1_bytes = (await c.get(f"/api/v1/products/{CAL}/file", headers=h)).content
     # the reprocessing run rewrites the same file names in its own folder, with a newer context
-    result = await apply(s, cal_done(data, context="jwst_0002.pmap", cal_version="0.2.0",
+    result = await apply(s, cal_done(data, context="downlink_0002", cal_version="0.2.0",
                                      finished_at=LATER, run=2, priority="reprocess"))
     assert not result.rejected and result.products_added == 2  # rate + cal; the uncal is unchanged
     async with client_for(naive(LATER) + dt.timedelta(days=1)) as c:
@@ -86,9 +86,9 @@ async def test_reprocessed_products_are_new_versions(archive_settings, client_fo
                              headers=h)).json()
     assert new["version"] == 2 and new["latest"] and new["versions"] == [1, 2]
     assert old["version"] == 1 and old["superseded_by"] == 2 and not old["latest"]
-    assert new["context"] == "jwst_0002.pmap" and old["context"] == "jwst_0001.pmap"
-    assert new["provenance"]["keywords"]["CRDS_CTX"] == "jwst_0002.pmap"
-    assert old["provenance"]["keywords"]["CRDS_CTX"] == "jwst_0001.pmap"
+    assert new["context"] == "downlink_0002" and old["context"] == "downlink_0001"
+    assert new["provenance"]["keywords"]["CRDS_CTX"] == "downlink_0002"
+    assert old["provenance"]["keywords"]["CRDS_CTX"] == "downlink_0001"
     assert new["provenance"]["keywords"]["R_FLAT"] != old["provenance"]["keywords"]["R_FLAT"]
     assert new["provenance"]["keywords"]["CAL_VER"] == "0.2.0" and new["pipeline_version"] == "0.2.0"
     assert new["release_date"] == old["release_date"] == v1["release_date"]
@@ -100,7 +100,7 @@ async def test_reprocessed_products_are_new_versions(archive_settings, client_fo
     assert {(p["id"], p["version"]) for p in search["products"] if p["id"] == CAL} == {(CAL, 2)}
     assert {p["version"] for p in every["products"] if p["id"] == CAL} == {1, 2}
     # a replay of the first run (arriving late) changes nothing: same sha256, same version
-    again = await apply(s, cal_done(data, context="jwst_0001.pmap", cal_version="0.1.0",
+    again = await apply(s, cal_done(data, context="downlink_0001", cal_version="0.1.0",
                                     finished_at=FIRST, run=1))
     assert again.products_added == 0
 
@@ -113,7 +113,7 @@ async def test_reprocess_cli_and_api_send_requests(archive_settings, topics, cli
     if s.archive.database_url:
         run_env["DOWNLINK_ARCHIVE_DATABASE_URL"] = s.archive.database_url.reveal()
     out = subprocess.run([sys.executable, "-m", "downlink", "reprocess", "--exposure", EXPOSURE,
-                          "--context", "jwst_0007.pmap"], env=run_env, capture_output=True, text=True)
+                          "--context", "downlink_0007"], env=run_env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert f"reprocess requested: {EXPOSURE}" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "downlink", "reprocess", "--program", "1234",
@@ -142,7 +142,7 @@ async def test_reprocess_cli_and_api_send_requests(archive_settings, topics, cli
     assert ok.status_code == 202 and ok.json() == {"queued": 1, "exposures": [EXPOSURE], "context": None}
     assert ok_staff.status_code == 202
     requests = await cal_requests(s)
-    assert [r.context for r in requests] == ["jwst_0007.pmap", None, None]
+    assert [r.context for r in requests] == ["downlink_0007", None, None]
     assert all(r.priority == "reprocess" and r.exposure_id == EXPOSURE for r in requests)
     assert all(r.uncal_path.endswith(f"{EXPOSURE}_uncal.fits") and r.uncal_sha256 for r in requests)
     assert os.path.exists(requests[0].uncal_path)
@@ -153,8 +153,8 @@ async def test_best_version_on_request_queues_one_reprocess(archive_settings, to
     data = Path(s.data_dir)
     refs = data / "refs"
     refs.mkdir()
-    (refs / "jwst_0003.pmap").write_text("context\n")  # a newer context is available
-    await apply(s, l0_ready(data), cal_done(data, context="jwst_0001.pmap", finished_at=FIRST))
+    (refs / "downlink_0003.json").write_text("{}\n")  # a newer context is available
+    await apply(s, l0_ready(data), cal_done(data, context="downlink_0001", finished_at=FIRST))
     with Admin(s) as admin:
         token = admin.add_user("alice", [1234], days=800, now=naive(FIRST))
     h = {"Authorization": f"Bearer {token}"}
@@ -164,10 +164,10 @@ async def test_best_version_on_request_queues_one_reprocess(archive_settings, to
         pinned = await c.get(f"/api/v1/products/{CAL}", params={"version": 1}, headers=h)
     note = first.json()["reprocess"]
     assert first.status_code == 200 and first.json()["version"] == 1  # still served meanwhile
-    assert note["queued"] is True and note["context"] == "jwst_0003.pmap"
-    assert "jwst_0001.pmap < jwst_0003.pmap" in note["reason"]
-    assert second.status_code == 200 and second.headers["x-reprocess"] == "queued jwst_0003.pmap"
+    assert note["queued"] is True and note["context"] == "downlink_0003"
+    assert "downlink_0001 < downlink_0003" in note["reason"]
+    assert second.status_code == 200 and second.headers["x-reprocess"] == "queued downlink_0003"
     assert pinned.json()["reprocess"] is None
     requests = await cal_requests(s)
     assert len(requests) == 1  # the second fetch found the request already queued
-    assert requests[0].context == "jwst_0003.pmap" and requests[0].priority == "reprocess"
+    assert requests[0].context == "downlink_0003" and requests[0].priority == "reprocess"

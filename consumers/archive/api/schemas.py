@@ -15,7 +15,7 @@ EXPOSURE_ID = r"^jw[0-9]{11}_[0-9]{5}_[0-9]{5}_[a-z0-9]{1,12}$"
 TARGET = r"^[A-Za-z0-9][A-Za-z0-9 _+.\-]{0,63}$"
 WORD = r"^[A-Za-z0-9]{1,16}$"
 PARAMETER = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-CONTEXT = r"^[a-z]+_[0-9]{1,8}\.pmap$"
+CONTEXT = r"^[a-z]+_[0-9]{1,8}(\.pmap)?$"
 FILENAME = r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,90}\.fits$"
 Level = Literal[LEVELS]  # type: ignore[valid-type]
 
