@@ -214,6 +214,8 @@ class TransactionalService(ConsumingService):
             await self.drain()
 
     async def caught_up(self) -> bool:
+        if self._batch_lock.locked():
+            return False  # a fetched batch is being processed: positions are at the end, outputs not yet
         if self._pending is not None and not self._pending.done():
             return False
         return await super().caught_up()
