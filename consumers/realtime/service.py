@@ -73,6 +73,7 @@ class Realtime(SinkService):
         self.publisher.on_published = self._published
         self._pub_task: asyncio.Task | None = None
         self._last_beat = 0.0
+        self._last_status: dict[str, Any] = {}
         self._started = time.time()
         self.batches = 0
 
@@ -93,11 +94,16 @@ class Realtime(SinkService):
                  extra={"parameters": len(self.board.current), "alert_ids": len(self.ledger.ids())})
         self._pub_task = self.spawn(self.publisher.run(self._stopping), "mqtt")
 
+    async def request_stop(self) -> None:
+        """Say goodbye on the status topic (the Will covers only abnormal ends), then stop."""
+        if self._pub_task is not None and not self._pub_task.done() and not self._stopping.is_set():
+            self.publisher.set_state(self.status_topic, {**self._last_status, **self._status_base(),
+                                                         "online": False, "reason": "stopped"})
+        await super().request_stop()
+
     async def stop(self) -> None:
-        """Say goodbye on the status topic and let the publisher drain (bounded) before stopping."""
+        """Let the publisher drain what it holds (bounded, while connected) before stopping."""
         if self._pub_task is not None and not self._pub_task.done():
-            self.publisher.set_state(self.status_topic, {**self._status_base(), "online": False,
-                                                         "reason": "stopped"})
             self._stopping.set()
             await asyncio.wait({self._pub_task}, timeout=3.0)
         await super().stop()
@@ -136,9 +142,10 @@ class Realtime(SinkService):
         now = time.monotonic()
         for topic, payload, received in self.board.stale_check(now):
             self.publisher.set_state(topic, payload, received)
-        if now - self._last_beat >= self.rt.heartbeat_seconds:
+        if now - self._last_beat >= self.rt.heartbeat_seconds and not self._stopping.is_set():
             self._last_beat = now
-            self.publisher.set_state(self.status_topic, await self._status())
+            self._last_status = await self._status()
+            self.publisher.set_state(self.status_topic, self._last_status)
         return []
 
     # helpers ----------------------------------------------------------------------------------
