@@ -1,4 +1,7 @@
-"""``make bench``: run every benchmark and collect their JSON in benchmarks/results/latest.json.
+"""``make bench``: run every benchmark, collect their JSON in benchmarks/results/latest.json, plot it.
+
+The plot (``latest.png``, :mod:`benchmarks.plot`) shows each benchmark's
+figures against its baseline and names the machine.
 
 Each benchmark runs in its own process (``downlink bench NAME --json``) so one's
 memory or threads never skew another's figures; its last stdout line is its
@@ -40,6 +43,9 @@ def main() -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     print(f"wrote {RESULTS}")
+    from benchmarks.plot import plot
+
+    print(f"wrote {plot(RESULTS)}")  # every benchmark's figures against its baseline
     return status
 
 
