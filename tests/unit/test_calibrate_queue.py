@@ -1,0 +1,60 @@
+"""The calibrate service's scheduling logic: lanes in priority order, in-order offset commits."""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+
+from consumers.calibrate.queue import JobQueue, OffsetTracker
+from consumers.calibrate.service import latest_cal_products, visit_key
+
+TP0, TP1 = TopicPartition("cal.requests", 0), TopicPartition("cal.requests", 1)
+
+
+def test_most_urgent_lane_first_then_arrival_order() -> None:
+    q = JobQueue()
+    for name, prio in [("r1", "reprocess"), ("n1", "normal"), ("t1", "too"), ("n2", "normal"),
+                       ("t2", "too"), ("r2", "reprocess")]:
+        q.push("exposure", name, prio, TP0, len(q))
+    assert [q.pop().payload for _ in range(6)] == ["t1", "t2", "n1", "n2", "r1", "r2"]
+    assert q.pop() is None
+
+
+def test_revoked_partitions_lose_their_queued_jobs() -> None:
+    q = JobQueue()
+    q.push("exposure", "a", "normal", TP0, 0)
+    q.push("exposure", "b", "normal", TP1, 0)
+    assert [j.payload for j in q.drop({TP0})] == ["a"]
+    assert [j.payload for j in q] == ["b"]
+
+
+def test_commits_stop_at_the_first_unfinished_record() -> None:
+    t = OffsetTracker()
+    for off in (5, 6, 7, 8):
+        t.taken(TP0, off)
+    t.taken(TP1, 3)
+    assert t.committable() == {TP0: 5, TP1: 3}
+    t.done(TP0, 7)                  # finished out of order (a ToO): nothing before it is done
+    t.done(TP0, 8)
+    assert t.committable()[TP0] == 5
+    t.done(TP0, 5)
+    assert t.committable()[TP0] == 6
+    t.done(TP0, 6)
+    t.done(TP1, 3)
+    assert t.committable() == {TP0: 9, TP1: 4}
+    assert t.outstanding() == 0
+    t.forget({TP1})
+    assert TP1 not in t.committable()
+
+
+def test_visit_keys_and_latest_members(tmp_path) -> None:
+    assert visit_key("jw01234001002_03101_00004_nrcb1") == ("jw01234001002", "nrcb1")
+    old = tmp_path / "jw01234001002_03101_00001_nrcb1" / "downlink_0001-aaa" / "x_cal.fits"
+    new = tmp_path / "jw01234001002_03101_00001_nrcb1" / "downlink_0002-aaa" / "x_cal.fits"
+    other = tmp_path / "jw01234001002_03101_00002_nrcb1" / "downlink_0001-bbb" / "y_cal.fits"
+    elsewhere = tmp_path / "jw01234001002_03101_00002_nrca1" / "downlink_0001-bbb" / "z_cal.fits"
+    for k, p in enumerate((old, new, other, elsewhere)):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(b"x")
+        import os
+        os.utime(p, (1000 + k, 1000 + k))
+    assert latest_cal_products(tmp_path, "jw01234001002", "nrcb1") == [new, other]
