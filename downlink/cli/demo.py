@@ -99,6 +99,8 @@ class Stage:
     services: tuple[str, ...] = ()
     #: a function doing the stage (returns the summary line)
     step: Optional[Callable[[Demo], Awaitable[str]]] = None
+    #: registered services without which a step stage is skipped
+    needs: tuple[str, ...] = ()
 
 
 # stage steps --------------------------------------------------------------------------------------
@@ -199,7 +201,7 @@ async def run_stage_services(demo: Demo, stage: Stage, names: list[str]) -> str:
                                   _by_service(m.CONSUMER_LAG, n))
                 extra = EXTRAS.get(n, lambda: "")()
                 bar.update(task, completed=got, total=max(got + lag, 1),
-                           figures=f"in {got:>9,.0f}  out {sent:>9,.0f}  lag {lag:>7,.0f}  {extra}")
+                           figures=f"in {got:,.0f} out {sent:,.0f} lag {lag:,.0f} {extra}")
                 out[n] = (got, sent, lag)
             return out
 
@@ -226,11 +228,27 @@ async def run_stage_services(demo: Demo, stage: Stage, names: list[str]) -> str:
 async def verify_step(demo: Demo) -> str:
     from products.verify import load_truth, verify
 
-    result = await asyncio.to_thread(verify, load_truth(demo.truth), demo.settings.data_dir)
+    with demo.progress(TextColumn("{task.fields[note]}")) as bar:
+        task = bar.add_task("verify", total=None, note="L0 files against the truth")
+        result = await asyncio.to_thread(verify, load_truth(demo.truth), demo.settings.data_dir)
+        text = f"{len(result.rows) - len(result.mismatches)}/{len(result.rows)} exposures match the truth"
+        bar.update(task, total=1, completed=1, note=text)
     demo.verification = result
     if not result.ok:
         demo.status = 1
-    return f"{len(result.rows) - len(result.mismatches)}/{len(result.rows)} exposures match the truth"
+    return text
+
+
+async def refs_step(demo: Demo) -> str:
+    """Reference files for the contact's detectors (kept in the demo folder: made once, then reused)."""
+    detectors = sorted({e["exposure_id"].rsplit("_", 1)[-1].upper()
+                        for e in json.loads(demo.truth.read_text())["exposures"]})
+    with demo.progress(TextColumn("{task.fields[note]}")) as bar:
+        task = bar.add_task("refs", total=None, note=f"{len(detectors)} detectors (first run only)")
+        await _cli(demo, "refs", "make", "--root", str(demo.settings.calibrate.refs_dir),
+                   "--detectors", ",".join(detectors))
+        bar.update(task, total=1, completed=1, note=f"{len(detectors)} detectors ready")
+    return f"context for {', '.join(detectors)} in {demo.settings.calibrate.refs_dir}"
 
 
 #: the demo, in order; a service stage is one line (services not registered yet are skipped)
@@ -240,6 +258,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("ingest", "publish the contact to downlink.raw", step=ingest_step),
     Stage("process", "demux and assemble L0 until idle", services=("demux", "l0")),
     Stage("verify", "L0 files against the simulator's truth", step=verify_step),
+    Stage("refs", "reference files for calibration", step=refs_step, needs=("calibrate",)),
     Stage("calibrate", "L1b and calibration until idle", services=("l1b", "calibrate")),
     Stage("archive", "catalogue the products", services=("archive",)),
 )
@@ -300,12 +319,18 @@ def warnings_table(demo: Demo, tally: WarningTally, limit: int = 10) -> Table:
     return t
 
 
-async def run_demo(demo: Demo, tally: WarningTally) -> int:
+async def run_demo(demo: Demo, tally: WarningTally, skip: frozenset[str] = frozenset()) -> int:
     from consumers.framework import registry
 
     for stage in STAGES:
         started = time.monotonic()
+        if stage.name in skip:
+            demo.results.append((stage.name, 0.0, "skipped (--skip)"))
+            continue
         if stage.step is not None:
+            if any(n not in registry.SERVICES for n in stage.needs):
+                demo.results.append((stage.name, 0.0, "skipped: no " + ", ".join(stage.needs)))
+                continue
             text = await stage.step(demo)
         else:
             names = [n for n in stage.services if n in registry.SERVICES]
@@ -346,17 +371,25 @@ def register(app: typer.Typer) -> None:
         contact: Optional[str] = typer.Option(os.environ.get("DEMO_CONTACT"),
                                               help="contact id (default DEMO<UTC time>) [DEMO_CONTACT]"),
         faults: str = typer.Option(os.environ.get("DEMO_FAULTS", FAULTS), help="simulator faults [DEMO_FAULTS]"),
+        skip: str = typer.Option(os.environ.get("DEMO_SKIP", ""),
+                                 help=f"comma-separated stages to leave out, of {','.join(s.name for s in STAGES)} [DEMO_SKIP]"),
     ) -> None:
         """The whole path from a cold start: stack, simulate, ingest, process, verify, calibrate, archive."""
         import shutil
 
         base = settings_of(ctx)
+        skipped = frozenset(n.strip() for n in skip.split(",") if n.strip())
+        unknown = skipped - {s.name for s in STAGES}
+        if unknown:
+            raise typer.BadParameter(f"no stage {', '.join(sorted(unknown))}", param_hint="--skip")
         # idle 5 s: a service whose current batch takes longer than the idle time looks caught up
         # while it works (its outputs are not visible yet), and --until-idle would end too early
         changes: dict[str, Any] = {"metrics_sample_seconds": 0.5,
                                    "run_idle_seconds": max(base.run.idle_seconds, 5.0)}
         if "DOWNLINK_DATA_DIR" not in os.environ:
             changes["data_dir"] = work / "data"
+        if "DOWNLINK_CALIBRATE_REFS_DIR" not in os.environ:
+            changes["calibrate_refs_dir"] = str((work / "refs").absolute())
         if "DOWNLINK_L0_EOC_MARGIN_SECONDS" not in os.environ:
             changes["l0_eoc_margin_seconds"] = 1.0
         settings = base.replace(**changes)
@@ -370,7 +403,7 @@ def register(app: typer.Typer) -> None:
         tally = log_to_file(log_file, base.log_level)
         demo = Demo(settings, console, work, log_file, contact, size, seed, faults)
         try:
-            status = asyncio.run(run_demo(demo, tally))
+            status = asyncio.run(run_demo(demo, tally, skipped))
         except DemoFailed as exc:
             _wide(console).print(f"[red]demo failed[/]: {exc}")
             _wide(console).print(warnings_table(demo, tally))
