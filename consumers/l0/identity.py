@@ -27,8 +27,8 @@ import numpy as np
 
 from streams.decoder import PacketIndex
 from streams.packets import (EXPOSURE_END_LEN, EXPOSURE_START_LEN, MAX_PIXELS_PER_PACKET,
-                             ExposureStart, ExposureTag, Kind, instrument_of,
-                             science_data_length)
+                             SCIENCE_DATA_HEADER_LEN, ExposureStart, ExposureTag, Kind,
+                             instrument_of, science_data_length)
 
 START_KEY = np.uint64(0)
 END_KEY = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
@@ -47,6 +47,15 @@ R_GROUP = "group > NGROUPS of the exposure start"
 R_PIXELS = "pixel offset + count > SUBSIZE1 x SUBSIZE2 of the exposure start"
 R_COUNT = "pixel count differs from what the packet grid gives for its offset"
 R_BAD_START = "exposure start geometry invalid"
+
+#: the first 38 bytes of a science packet (kind-specific fields are garbage for kinds 2 and 4)
+_HEADER = np.dtype([
+    ("w0", ">u2"), ("w1", ">u2"), ("length", ">u2"), ("coarse", ">u4"), ("fine", ">u2"),
+    ("source", "u1"), ("kind", "u1"), ("program", ">u4"), ("observation", ">u2"), ("visit", ">u2"),
+    ("visit_group", "u1"), ("parallel_seq", "u1"), ("activity", "u1"), ("exposure", ">u2"),
+    ("detector", "u1"), ("integration", ">u2"), ("group", ">u2"), ("pixel_offset", ">u4"),
+    ("pixel_count", ">u2"),
+])
 
 
 def identity(index: PacketIndex) -> np.ndarray:
@@ -163,6 +172,48 @@ class Geometry:
         for reason, bad in reversed(checks):  # the first failing check names the reason
             reasons[data & bad] = reason
         return reasons
+
+
+def index_mismatch(index: PacketIndex, packets: bytes | memoryview) -> str | None:
+    """Why a run's index does not describe its packet bytes, or None when it does.
+
+    The identity and validation use the index columns, the L0 file gets the
+    bytes: a record whose two disagree (a hand-made or corrupt ``tlm.sci``
+    record) must not reach an assembly. Vectorized: the header, tag and data
+    fields are gathered from the bytes at the index offsets and compared.
+    """
+    n = len(index)
+    if n == 0:
+        return None
+    buf = np.frombuffer(packets, dtype=np.uint8)
+    off = index.offset.astype(np.int64)
+    length = index.length.astype(np.int64)
+    if int(off.min()) < 0 or int((off + length).max()) > len(buf) or int(length.min()) < 34:
+        return f"the run's index points outside its {len(buf)} packet bytes"
+    rows = buf[np.minimum(off[:, None] + np.arange(_HEADER.itemsize), len(buf) - 1)]
+    h = np.ascontiguousarray(rows).view(_HEADER).ravel()
+    data = index.kind == Kind.SCIENCE_DATA
+    if np.any(data & (length < SCIENCE_DATA_HEADER_LEN)):
+        return "a data packet of the run's index is shorter than its header"
+    checks = (
+        ("apid", h["w0"] & 0x7FF, index.apid), ("sequence count", h["w1"] & 0x3FFF, index.seq),
+        ("length", h["length"].astype(np.int64) + 7, length), ("time", h["coarse"], index.coarse),
+        ("fine time", h["fine"], index.fine), ("source", h["source"], index.source),
+        ("kind", h["kind"], index.kind), ("program", h["program"], index.program),
+        ("observation", h["observation"], index.observation), ("visit", h["visit"], index.visit),
+        ("visit group", h["visit_group"], index.visit_group),
+        ("parallel sequence", h["parallel_seq"], index.parallel_seq),
+        ("activity", h["activity"], index.activity), ("exposure", h["exposure"], index.exposure),
+        ("detector", h["detector"], index.detector),
+    )
+    for name, from_bytes, from_index in checks:
+        if not np.array_equal(from_bytes, from_index):
+            return f"the run's index disagrees with its packet bytes ({name})"
+    if data.any():
+        for name in ("integration", "group", "pixel_offset", "pixel_count"):
+            if not np.array_equal(h[name][data], getattr(index, name)[data]):
+                return f"the run's index disagrees with its packet bytes ({name.replace('_', ' ')})"
+    return None
 
 
 def check_packets(index: PacketIndex, tag: ExposureTag) -> np.ndarray:

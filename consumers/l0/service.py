@@ -45,7 +45,7 @@ from aiokafka import TopicPartition
 from consumers.framework.service import Input, Output, Record
 from consumers.framework.transactional import TransactionalService
 from consumers.l0.assembly import Added, Assembly
-from consumers.l0.identity import Limits
+from consumers.l0.identity import Limits, index_mismatch
 from consumers.l0.spool import clear_spools
 from consumers.l0.writer import Written, publish
 from core.errors import CodecError, EnvelopeError
@@ -200,7 +200,9 @@ class L0Assembler(TransactionalService):
                     continue
             try:
                 index = PacketIndex.from_bytes(msg.index)
-                _check_index(index, len(msg.packets))
+                mismatch = index_mismatch(index, msg.packets)
+                if mismatch:
+                    raise ValueError(mismatch)
                 added = entry.assembly.add(index, msg.packets, msg.contact, msg.raw_ts)
             except (CodecError, EnvelopeError, ValueError, IndexError, TypeError) as exc:
                 if not self._replayed(rec):
@@ -434,12 +436,3 @@ class L0Assembler(TransactionalService):
             contact=entry.contact or (sorted(a.contacts)[0] if a.contacts else ""), type=kind,
             severity=severity, time=time.time(), apid=a.tag.apid, exposure_id=a.exposure_id,
             reason=reason, detail=detail or {}), key=(entry.contact or "").encode() or None)
-
-
-def _check_index(index: PacketIndex, size: int) -> None:
-    """The index of a run must describe bytes inside its packets buffer."""
-    if len(index) == 0:
-        return
-    end = index.offset.astype("int64") + index.length
-    if int(index.offset.min()) < 0 or int(end.max()) > size or int(index.length.min()) <= 0:
-        raise ValueError(f"the run's index points outside its {size} packet bytes")

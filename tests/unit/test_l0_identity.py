@@ -59,3 +59,17 @@ def test_limits_bound_the_geometry():
     assert isinstance(Geometry.check(start, 3, Limits(max_nints=5)), str)
     miri = ExposureStart(1, 1, 1, 0, 1, 1, 2048, 1024, 525, 1, "R", "E", "T")
     assert isinstance(Geometry.check(miri, 11, Limits()), str)  # MIRI is 1032 columns wide
+
+
+def test_an_index_that_disagrees_with_its_bytes_is_refused():
+    from consumers.l0.identity import index_mismatch
+    d = decode_all(b"".join(exposure(100, 90, 2)))
+    assert index_mismatch(d.packets, d.data) is None
+    for column, row, delta in (("pixel_offset", 2, 4000), ("group", 1, 1), ("kind", 0, 1),
+                               ("exposure", 3, 1), ("offset", 1, 2)):
+        idx = d.packets.take(np.arange(len(d.packets)))
+        values = getattr(idx, column).copy()
+        values[row] += delta
+        setattr(idx, column, values)
+        assert index_mismatch(idx, d.data), column
+    assert "outside" in index_mismatch(d.packets, d.data[:500])
