@@ -176,7 +176,7 @@ class CalibrateSettings:
     #: worker processes for calibration (CPU-heavy numpy work)
     workers: int = _n(1, ge=1, le=64)
     #: detector rows per processing block: bounds a calibration's memory whatever the exposure size
-    block_rows: int = _n(128, ge=1, le=4096)
+    block_rows: int = _n(64, ge=1, le=4096)
     #: requests taken from cal.requests and held in the in-service priority queue at most
     max_queued: int = _n(256, ge=1)
     #: where products go (empty = <data dir>/cal)

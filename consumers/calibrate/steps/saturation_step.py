@@ -28,7 +28,9 @@ def do_saturation(data: np.ndarray, groupdq: np.ndarray, pixeldq: np.ndarray,
     sat = data >= level
     # once saturated, a pixel stays saturated until the reset that ends the integration
     np.logical_or.accumulate(sat, axis=1, out=sat)
-    groupdq[sat] |= np.uint8(SATURATED | DO_NOT_USE)
+    flags = sat.view(np.uint8)              # 0 / 1, no copy
+    flags *= np.uint8(SATURATED | DO_NOT_USE)
+    groupdq |= flags
 
 
 @dataclass(frozen=True)
