@@ -17,6 +17,10 @@ decision that needs packets not yet received is deferred (at most
 ``confirm`` packets are held per stream); a jump that the next packet
 continues is a gap at once.
 
+The first packet of a stream has no packet before it: it is an outlier when
+its next ``confirm`` packets (at least one) agree with each other and are all
+more than ``jump`` away from it.
+
 Then, against the running maximum of the other packets:
 
 * a packet above the maximum + 1 opens a gap (the skipped counts are *missing*);
@@ -121,7 +125,16 @@ class StreamAccount:
         n = len(s)
         if n == 0:
             return []
+        first_events: list[AccountingEvent] = []
         if self.last_ext is None:
+            first = self._first_is_outlier(s, final)
+            if first is None:  # undecided: wait for the next packets
+                self.pending = np.stack((s, o), axis=1).tolist()
+                return []
+            if first:
+                first_events.append(self._outlier(int(s[0]), int(o[0])))
+                s, o = s[1:], o[1:]
+                n -= 1
             self.first_ext = self.last_ext = self.max_ext = int(s[0]) - 1
         ref0 = self.last_ext % SEQ_MODULO
         d = _wrap(s - np.concatenate(([ref0], s[:-1])))
@@ -165,7 +178,21 @@ class StreamAccount:
         self.packets += n - sum(1 for ev in events if ev.type == OUTLIER)
         self.last_ext = int(ext[-1])
         self.max_ext = max(int(self.max_ext), int(counted.max()))
-        return events
+        return first_events + events
+
+    def _first_is_outlier(self, s: np.ndarray, final: bool) -> bool | None:
+        """Is the stream's first packet an isolated outlier (its next packets agree with each
+        other and are all far from it)? None while that needs packets not yet received."""
+        J, K = self.rules.jump, self.rules.confirm
+        fol = s[1:1 + K]
+        if len(fol) == 0:
+            return False if final else None
+        ok = (np.abs(_wrap(fol - fol[0])) <= J) & (np.abs(_wrap(fol - s[0])) > J)
+        if not ok.all():
+            return False
+        if len(fol) < K and not final:
+            return None
+        return True
 
     def finish(self) -> list[AccountingEvent]:
         """End of the stream: decide what was held."""

@@ -15,6 +15,8 @@ and truncated packets are not packets). Per (APID, source), in arrival order:
    packet unwraps against the packet before it; a forward one is left out of
    every count, a backward one is judged below, except that one before the
    first packet's count is left out too (no duplicate of anything received).
+   The first packet is an outlier (left out) when its next packets agree with
+   each other and are all more than ``OUTLIER_JUMP`` from it.
 2. Against the highest count seen before it (for the first packet: its own
    count - 1), a packet is
    - *in order* if above it (skipping past counts opens a gap);
@@ -55,6 +57,10 @@ def sequence_accounting(seq: np.ndarray) -> dict[str, Any]:
     if s.size == 0:
         return {"packets": 0, "gaps": [], "duplicates": 0, "out_of_order": 0}
     wrap = lambda x: (x + _HALF) % SEQ_MODULO - _HALF  # noqa: E731
+    fol = s[1:1 + OUTLIER_CONFIRM]
+    if fol.size and np.all((np.abs(wrap(fol - fol[0])) <= OUTLIER_JUMP)
+                           & (np.abs(wrap(fol - s[0])) > OUTLIER_JUMP)):
+        s = s[1:]  # the first packet is an outlier: its next packets agree and are far from it
     d = np.concatenate(([0], wrap(np.diff(s))))
     isolated = np.zeros(s.size, dtype=bool)
     for i in np.flatnonzero(np.abs(d) > OUTLIER_JUMP).tolist():

@@ -124,6 +124,8 @@ def corrupt_streams(draw):
                 out.insert(i, out[i])
             else:
                 out.insert(i, out[i - 1] + draw(st.sampled_from([-1, 1])) * draw(st.integers(40, 16000)))
+    if draw(st.booleans()):
+        out.insert(0, out[0] + draw(st.sampled_from([-1, 1])) * draw(st.integers(40, 16000)))
     return [e % 16384 for e in out]
 
 
@@ -204,3 +206,13 @@ def test_a_held_packet_survives_a_snapshot():
     events = again.update(np.array([0x101] * 3), np.zeros(3, np.uint8), np.array([3, 4, 5]), np.arange(3, 6))
     assert [e.type for e in events] == [OUTLIER]
     assert again.report()["missing"] == 0 and again.report()["packets"] == 5
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 1000])
+def test_a_corrupt_first_count_is_an_outlier_once_its_followers_agree(chunk):
+    acct, events = _stream([7000, 10, 11, 12, 13], chunk)
+    events += acct.finish()
+    assert [e.type for e in events] == [OUTLIER] and acct.packets == 4
+    assert acct.summary()["first_seq"] == 10 and acct.missing == []
+    acct, events = _stream([10, 11, 12], chunk)
+    assert events + acct.finish() == [] and acct.packets == 3
