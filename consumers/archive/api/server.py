@@ -25,6 +25,6 @@ class ApiServer(ServerService):
 
         return create_app(self.settings)
 
-    async def open(self) -> None:
+    async def on_start(self) -> None:
         await asyncio.to_thread(db.migrate, self.settings)
-        await super().open()
+        await super().on_start()
