@@ -106,7 +106,16 @@ class TransactionalService(ConsumingService):
                 except BaseException as exc:
                     if not is_retriable(exc):
                         raise
-                    await self._recover(exc)
+                    while True:  # the recovery meets the same fault (broker still away): retry it too
+                        try:
+                            await self._recover(exc)
+                            break
+                        except asyncio.CancelledError:
+                            raise
+                        except BaseException as again:
+                            if not is_retriable(again):
+                                raise
+                            exc = again
         finally:
             # a graceful stop lets the transaction in flight finish (a kill aborts it)
             if self._pending is not None:
