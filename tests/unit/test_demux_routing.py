@@ -334,3 +334,13 @@ def test_outlier_alert_rule_is_the_settings_rule():
     types = [a.type for a in of(all_outs(out), "ops.alerts")]
     assert types.count("seq_outlier") == 1 and "gap" not in types and "out_of_order" not in types
     assert Kind.ENG == 1
+
+
+def test_partitions_are_decoded_round_robin():
+    from consumers.demux.service import round_robin
+
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    recs = [Record("downlink.raw", tp, k, None, b"", {}, 0) for tp, k in
+            [(a, 0), (a, 1), (a, 2), (b, 0), (a, 3), (b, 1)]]
+    assert [(r.tp.partition, r.offset) for r in round_robin(recs)] == \
+        [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (0, 3)]
