@@ -5,13 +5,15 @@ the new one, and never a manifest naming bytes it does not describe:
 
 1. the superseded version's files are hard-linked to ``<id>_l0.v<N>.*``
    (copied in blocks where links are not possible);
-2. the data goes to a temp file (renamed spool or a block copy), fsynced,
-   tagged with ``version:sha256`` as an extended attribute where the file
-   system allows it, renamed over ``<id>_l0.dat``, directory fsynced;
-3. the conflict side file ``<id>_l0.conflicts.dat`` (if any), same way;
-4. the manifest (carrying version and sha256) last, same way.
+2. everything that needs space goes to temp files, fsynced: the data (renamed
+   spool or a block copy, tagged with ``version:sha256`` as an extended
+   attribute where the file system allows it), the conflict side file, the
+   manifest (carrying version and sha256). A full disk fails here, before
+   anything visible changed;
+3. renames: data over ``<id>_l0.dat``, side file, directory fsync, then the
+   manifest over ``<id>_l0.json`` last, directory fsync.
 
-A failed step removes its temp file and raises a retriable StorageError.
+A failed step removes its temp files and raises a retriable StorageError.
 Used by the l0 service and by ``downlink l0 rebuild``.
 """
 
@@ -27,7 +29,7 @@ from typing import Any
 
 from consumers.l0.assembly import Assembly
 from core.errors import StorageError
-from products.durable import durable_write, fsync_dir, tmp_path
+from products.durable import fsync_dir, tmp_path
 from products.l0 import L0_XATTR, conflicts_path, l0_paths
 
 
@@ -42,10 +44,12 @@ class Written:
 
 def publish(data_dir: Path, assembly: Assembly, version: int, sha256: str, nbytes: int, *,
             supersedes: int | None, extra: dict[str, Any] | None = None) -> Written:
-    """Write version ``version`` of the exposure (steps 1-4 of the module docstring)."""
+    """Write version ``version`` of the exposure (steps 1-3 of the module docstring)."""
     exposure_id = assembly.exposure_id
     data_path, manifest_path = l0_paths(data_dir, exposure_id)
     manifest = assembly.manifest(version, sha256, nbytes, extra=extra)
+    tmp, side_tmp, manifest_tmp = (tmp_path(data_path), tmp_path(conflicts_path(data_dir, exposure_id)),
+                                   tmp_path(manifest_path))
     try:
         data_path.parent.mkdir(parents=True, exist_ok=True)
         if supersedes is not None and data_path.exists():
@@ -53,35 +57,39 @@ def publish(data_dir: Path, assembly: Assembly, version: int, sha256: str, nbyte
             _keep(data_path, old_data)
             if manifest_path.exists():
                 _keep(manifest_path, old_manifest)
-        tmp = tmp_path(data_path)
-        try:
-            sha, n = assembly.write(tmp)
-            if (sha, n) != (sha256, nbytes):
-                raise StorageError(f"{exposure_id}: L0 bytes changed while written "
-                                   f"({n} bytes, sha256 {sha[:12]}; expected {nbytes}, {sha256[:12]})")
-            _tag(tmp, version, sha)
-            os.replace(tmp, data_path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(data_path.parent)
+        # everything that needs space is written first: a full disk fails here, before any rename
+        sha, n = assembly.write(tmp)
+        if (sha, n) != (sha256, nbytes):
+            raise StorageError(f"{exposure_id}: L0 bytes changed while written "
+                               f"({n} bytes, sha256 {sha[:12]}; expected {nbytes}, {sha256[:12]})")
+        _tag(tmp, version, sha)
         if assembly.conflicts:
-            side = conflicts_path(data_dir, exposure_id)
-            side_tmp = tmp_path(side)
-            try:
-                assembly.write_conflicts(side_tmp)
-                os.replace(side_tmp, side)
-            except BaseException:
-                side_tmp.unlink(missing_ok=True)
-                raise
-            manifest["conflicts_file"] = side.name
-        durable_write(manifest_path, json.dumps(manifest, indent=1, sort_keys=True).encode())
+            assembly.write_conflicts(side_tmp)
+            manifest["conflicts_file"] = conflicts_path(data_dir, exposure_id).name
+        _write_synced(manifest_tmp, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        # then the renames: data, side file, manifest last
+        os.replace(tmp, data_path)
+        if assembly.conflicts:
+            os.replace(side_tmp, conflicts_path(data_dir, exposure_id))
+        fsync_dir(data_path.parent)
+        os.replace(manifest_tmp, manifest_path)
+        fsync_dir(data_path.parent)
     except OSError as exc:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         raise StorageError(f"cannot write L0 {data_path}: {exc.strerror or exc}"
                            + ("; the data dir is full: free space, l0 resumes by itself" if full
                               else "; check the data dir"), disk_full=full) from exc
+    finally:
+        for t in (tmp, side_tmp, manifest_tmp):
+            t.unlink(missing_ok=True)
     return Written(version, sha256, manifest, data_path, manifest_path)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _keep(current: Path, superseded: Path) -> None:
