@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from aiokafka import TopicPartition
 
 from consumers.calibrate.queue import JobQueue, OffsetTracker
@@ -58,3 +59,25 @@ def test_visit_keys_and_latest_members(tmp_path) -> None:
         import os
         os.utime(p, (1000 + k, 1000 + k))
     assert latest_cal_products(tmp_path, "jw01234001002", "nrcb1") == [new, other]
+
+
+def test_latency_metrics_and_the_five_day_share(settings) -> None:
+    import time as _time
+
+    from consumers.calibrate.service import Calibrate
+    from monitoring import metrics
+    from streams.messages import CalRequest
+
+    svc = Calibrate(settings)
+    q = JobQueue()
+    now = _time.time()
+    before = metrics.TOO_LATENCY_SECONDS._sum.get()
+    for eid, prio, age in (("jw01234001001_01101_00001_nrca1", "too", 30.0),
+                           ("jw01234001001_01101_00002_nrca1", "normal", 6 * 86400.0),
+                           ("jw01234001001_01101_00003_nrca1", "normal", 3600.0)):
+        req = CalRequest(exposure_id=eid, uncal_path="x", priority=prio, l0_received_at=now - age)
+        job = q.push("exposure", req, prio, TP0, 0)
+        svc._observe(job, req, {"products": [{"level": "2a"}], "finished_at": now,
+                                "seconds": {"jump": 0.5, "ramp_fit": 1.0, "total": 2.0}}, now)
+    assert metrics.TOO_LATENCY_SECONDS._sum.get() - before == pytest.approx(30.0, abs=0.5)
+    assert metrics.L2B_WITHIN_5_DAYS._value.get() == pytest.approx(2 / 3)
