@@ -26,6 +26,7 @@ from consumers.archive import db
 from consumers.archive.catalogue import Catalogue
 from consumers.framework.service import Input, Output, Record
 from consumers.framework.sink import SinkService
+from monitoring import metrics
 from streams.dictionary import load_dictionary
 from streams.messages import CalDone, DeadLetter, EngBatch, L0Ready
 
@@ -71,6 +72,13 @@ class ArchiveSink(SinkService):
             if isinstance(exc, IntegrityError):  # another instance added the same row first: redo
                 raise db.CatalogueUnavailable(f"catalogue write conflict, redoing the batch: {exc}") from exc
             raise
+        if result.products_added:
+            metrics.ARCHIVE_RECORDS.labels("product").inc(result.products_added)
+        if result.samples_offered:
+            metrics.ARCHIVE_RECORDS.labels("engineering").inc(result.samples_offered)
+        if result.products_added:
+            async with self.sessions() as session:
+                metrics.L2B_WITHIN_5_DAYS.set(await l2b_within_5_days(session, db.utcnow()))
         if result.products_added or result.samples_offered:
             log.info("catalogue batch", extra={"records": len(records),
                                                "products": result.products_added,
@@ -78,6 +86,26 @@ class ArchiveSink(SinkService):
         return [self.dead_letter_for(records[r.index].topic, records[r.index].tp, records[r.index],
                                      r.reason, **_exposure_field(records[r.index]))
                 for r in result.rejected]
+
+
+async def l2b_within_5_days(session, now: dt.datetime) -> float:
+    """Share of the exposures received in the last 30 days whose first L2b came within 5 days of
+    their L0 (the calibration SLO). Exposures still inside their 5 days without L2b do not count
+    yet; no exposure at all is 1.0."""
+    from sqlalchemy import func, select
+
+    from consumers.archive.models import Exposure, Product
+
+    rows = (await session.execute(
+        select(Exposure.l0_received, func.min(Product.created))
+        .outerjoin(Product, (Product.exposure_id == Exposure.id) & (Product.level == "L2b"))
+        .where(Exposure.l0_received >= now - dt.timedelta(days=30))
+        .group_by(Exposure.id, Exposure.l0_received))).all()
+    window = dt.timedelta(days=5)
+    due = [(received, l2b) for received, l2b in rows if l2b is not None or now - received > window]
+    if not due:
+        return 1.0
+    return sum(1 for received, l2b in due if l2b is not None and l2b - received <= window) / len(due)
 
 
 def _record_time(record: Record) -> dt.datetime:

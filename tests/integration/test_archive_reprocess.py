@@ -171,3 +171,22 @@ async def test_best_version_on_request_queues_one_reprocess(archive_settings, to
     requests = await cal_requests(s)
     assert len(requests) == 1  # the second fetch found the request already queued
     assert requests[0].context == "downlink_0003" and requests[0].priority == "reprocess"
+
+
+async def test_l2b_within_5_days_share(archive_settings):
+    """The calibration SLO gauge: one exposure calibrated within 5 days of its L0, one after 6."""
+    from consumers.archive.service import l2b_within_5_days
+    from tests.integration.archive_support import OTHER
+
+    s = archive_settings
+    data = Path(s.data_dir)
+    await apply(s, l0_ready(data), l0_ready(data, OTHER), cal_done(data, finished_at=FIRST),
+                cal_done(data, OTHER, finished_at=FIRST + 6 * 86400))
+    engine = db.async_engine(s)
+    try:
+        async with db.sessionmaker(engine)() as session:
+            assert await l2b_within_5_days(session, naive(FIRST) + dt.timedelta(days=10)) == 0.5
+            # 40 days later both left the 30-day window: nothing is due
+            assert await l2b_within_5_days(session, naive(FIRST) + dt.timedelta(days=40)) == 1.0
+    finally:
+        await engine.dispose()
