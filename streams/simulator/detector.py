@@ -217,8 +217,14 @@ class DetectorModel:
     def _rng(self, what: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([self.seed, 0x444554, self.code, what]))
 
-    def _normals(self, field: int, x0: int, y0: int, out: np.ndarray, scale: float) -> None:
-        """``out`` (ny, nx) = scale * standard normals of rows y0.., columns x0.. (any cut-out agrees)."""
+    def _normals(self, field: int, x0: int, y0: int, out: np.ndarray, scale: float,
+                 row: float | np.ndarray = 0.0, col: np.ndarray | None = None,
+                 floor: float | None = None) -> None:
+        """``out`` (ny, nx) = scale * standard normals + row (per column) + col (per row), floored.
+
+        The normals of rows y0.., columns x0.. are the same for any cut-out. All
+        steps run on one cache-sized block of rows at a time (one pass over memory).
+        """
         fx, fy = self.full
         ny, nx = out.shape
         block = BLOCK_ROWS * fx
@@ -231,7 +237,13 @@ class DetectorModel:
             b = y // BLOCK_ROWS
             r1 = min((b + 1) * BLOCK_ROWS, y0 + ny)
             rows = pool[int(offsets[b]):int(offsets[b]) + block].reshape(BLOCK_ROWS, fx)
-            np.multiply(rows[y - b * BLOCK_ROWS:r1 - b * BLOCK_ROWS, x0:x0 + nx], s, out=out[y - y0:r1 - y0])
+            dst = out[y - y0:r1 - y0]
+            np.multiply(rows[y - b * BLOCK_ROWS:r1 - b * BLOCK_ROWS, x0:x0 + nx], s, out=dst)
+            dst += row
+            if col is not None:
+                dst += col[y - y0:r1 - y0, None]
+            if floor is not None:
+                np.maximum(dst, np.float32(floor), out=dst)
             y = r1
 
     def _draw_specials(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -296,27 +308,25 @@ class DetectorModel:
         f32 = np.float32
         take = alloc or (lambda n: np.empty(n, dtype=f32))
 
-        def field(k: int, scale: float, offset: float | np.ndarray) -> np.ndarray:
+        def field(k: int, scale: float, row: float | np.ndarray, col: np.ndarray | None = None,
+                  floor: float | None = None) -> np.ndarray:
             out = take(nx * ny).reshape(ny, nx)
-            self._normals(k, x0, y0, out, scale)
-            out += offset
+            self._normals(k, x0, y0, out, scale, row, col, floor)
             return out
 
-        row = np.float32(self.bias_level) + self._amp[out_of].astype(f32) + self._col[x0:x0 + nx]
-        bias = field(1, 20.0, row[None, :])
-        bias += self._row[y0:y0 + ny, None]
-        gain = field(2, 0.015 * self.gain_mean, (self.gain_mean * self._amp_gain[out_of]).astype(f32)[None, :])
-        readnoise = field(3, 0.08 * self.readnoise_mean, f32(self.readnoise_mean))
-        np.maximum(readnoise, f32(0.3 * self.readnoise_mean), out=readnoise)
-        dark = field(4, 0.3 * self.dark_median, f32(self.dark_median))
-        np.maximum(dark, f32(0.2 * self.dark_median), out=dark)
+        bias_row = np.float32(self.bias_level) + self._amp[out_of].astype(f32) + self._col[x0:x0 + nx]
+        bias = field(1, 20.0, bias_row, self._row[y0:y0 + ny])
+        gain = field(2, 0.015 * self.gain_mean, (self.gain_mean * self._amp_gain[out_of]).astype(f32))
+        readnoise = field(3, 0.08 * self.readnoise_mean, f32(self.readnoise_mean),
+                          floor=0.3 * self.readnoise_mean)
+        dark = field(4, 0.3 * self.dark_median, f32(self.dark_median), floor=0.2 * self.dark_median)
         signal_range = field(5, 0.01 * self.well_range, f32(self.well_range))
         # headroom: the clip plus 10 sigma of read noise stays below 65535, so no raw value overflows
-        np.minimum(signal_range, f32(MAX_RAW) - bias, out=signal_range)
+        if float(bias.max()) + float(signal_range.max()) > MAX_RAW:
+            np.minimum(signal_range, f32(MAX_RAW) - bias, out=signal_range)
         gx = (xs / fx - 0.5).astype(f32)
         gy = (ys / fy - 0.5).astype(f32)
-        flat = field(6, 0.015, (f32(1.0) + f32(0.03) * gx * gx)[None, :])
-        flat -= (f32(0.02) * gy)[:, None]
+        flat = field(6, 0.015, f32(1.0) + f32(0.03) * gx * gx, -f32(0.02) * gy)
 
         dq = np.zeros((ny, nx), dtype=np.uint32)
         alive = np.ones((ny, nx), dtype=bool)

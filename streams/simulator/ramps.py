@@ -20,6 +20,7 @@ pixel data, which a resynchronising decoder must reject, stay rare.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,7 +109,6 @@ class ModelArrays:
     inv_gain: np.ndarray  # DN/e
     users: int = 0
     activity: int = -1
-
     def arrays(self) -> tuple[np.ndarray, ...]:
         return (self.bias, self.clip, self.beta, self.read_noise, self.response, self.dark, self.inv_gain)
 
@@ -151,18 +151,24 @@ class DetectorPatterns:
         entry.users -= 1
 
     def _evaluate(self, exposure: ExposurePlan, workspace: Workspace) -> ModelArrays:
+        """The model over the exposure's window (only the rows it covers are generated)."""
         h = exposure.header
+        return self._window(exposure.tag.detector, h.substrt1, h.substrt2, h.subsize1, h.subsize2,
+                            h.nframes, workspace.take)
+
+    def _window(self, det: int, x1: int, y1: int, nx: int, ny: int, nframes: int,
+                alloc: Callable[[int], np.ndarray] | None) -> ModelArrays:
         f32 = np.float32
-        maps = self.model(exposure.tag.detector).maps(h.substrt1, h.substrt2, h.subsize1, h.subsize2,
-                                                      alloc=workspace.take)
+        maps = self.model(det).maps(x1, y1, nx, ny, alloc=alloc)
+        take = alloc or (lambda n: np.empty(n, dtype=f32))
         flat = maps.flat.reshape(-1)
         np.copyto(flat, f32(0.0), where=~maps.alive.reshape(-1))
         inv_gain = np.reciprocal(maps.gain.reshape(-1), out=maps.gain.reshape(-1))
         # the linear signal where the electronics clip, and beta = 0.05 / that
         clip = np.multiply(maps.signal_range.reshape(-1), f32(1.0 / (1.0 - NONLINEARITY_AT_WELL)),
                            out=maps.signal_range.reshape(-1))
-        beta = np.divide(f32(NONLINEARITY_AT_WELL), clip, out=workspace.take(clip.size))
-        rn = np.multiply(maps.readnoise.reshape(-1), f32(1.0 / np.sqrt(h.nframes)), out=maps.readnoise.reshape(-1))
+        beta = np.divide(f32(NONLINEARITY_AT_WELL), clip, out=take(clip.size))
+        rn = np.multiply(maps.readnoise.reshape(-1), f32(1.0 / np.sqrt(nframes)), out=maps.readnoise.reshape(-1))
         return ModelArrays(maps.superbias.reshape(-1), clip, beta, rn, flat, maps.dark.reshape(-1), inv_gain)
 
     def exposure_truth(self, exposure: ExposurePlan) -> dict:
