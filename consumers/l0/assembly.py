@@ -148,7 +148,8 @@ class Assembly:
         self.rejected_count = 0
         self.rejected_reasons: Counter[str] = Counter()
         self.conflicts: list[Conflict] = []
-        self._conflicted: set[int] = set()
+        #: identity in conflict -> sha256 of every variant seen (a repeat of one is a duplicate)
+        self._conflicted: dict[int, set[str]] = {}
         self._spool: Spool | None = None
         self._side: Spool | None = None
         self._rows = _Rows()
@@ -235,7 +236,7 @@ class Assembly:
         exists = (len(self._keys) > 0) & (self._keys[pos_c] == keys) if len(self._keys) else \
             np.zeros(n, bool)
         is_first = first_of == np.arange(n)
-        conflicted = np.array([int(k) in self._conflicted for k in keys.tolist()], bool) \
+        conflicted = np.isin(keys, np.fromiter(self._conflicted, np.uint64, len(self._conflicted))) \
             if self._conflicted else np.zeros(n, bool)
         fresh = np.flatnonzero(is_first & ~exists & ~conflicted)
         rep = np.flatnonzero(exists)
@@ -261,7 +262,7 @@ class Assembly:
                 if r in row_of_fresh:
                     self._conflict(row_of_fresh[r], index, i, mv, contact, out)
         # packets whose identity is already in conflict: every copy is evidence, none is kept
-        for i in np.flatnonzero(conflicted & is_first & ~exists).tolist():
+        for i in np.flatnonzero(conflicted & ~exists).tolist():
             self._conflict(None, index, i, mv, contact, out)
         self.duplicates += out.duplicates
         return fresh
@@ -339,6 +340,10 @@ class Assembly:
         off, n = int(index.offset[i]), int(index.length[i])
         other = bytes(mv[off:off + n])
         key = int(identity(index.take(np.array([i])))[0])
+        other_sha = hashlib.sha256(other).hexdigest()
+        if other_sha in self._conflicted.get(key, ()):
+            out.duplicates += 1  # a copy of a variant already kept aside
+            return
         if row is not None:
             first = self._spool.read(int(self._rows.off[row]), int(self._rows.length[row]))
             if self._rows.alive[row]:
@@ -347,14 +352,14 @@ class Assembly:
             first = next((self._side.read(*c.ranges[0]) for c in self.conflicts
                           if _key_of(c) == key and self._side is not None), b"")
         self._inorder = False
-        self._conflicted.add(key)
         if self._side is None:
             self._side = Spool(self.spool_path.with_suffix(".conflicts"))
         a = self._side.append([first])
         b = self._side.append([other])
         kind, integ, group, poff = (int(x[0]) for x in split_identity(np.array([key], np.uint64)))
-        c = Conflict(kind, integ, group, poff,
-                     (hashlib.sha256(first).hexdigest(), hashlib.sha256(other).hexdigest()),
+        first_sha = hashlib.sha256(first).hexdigest()
+        self._conflicted.setdefault(key, set()).update((first_sha, other_sha))
+        c = Conflict(kind, integ, group, poff, (first_sha, other_sha),
                      ((a, len(first)), (b, len(other))), contact)
         self.conflicts.append(c)
         out.conflicts.append(c)
@@ -405,9 +410,20 @@ class Assembly:
             self.rejected = list(previous.get("rejected", []))[:MAX_LISTED]
             self.rejected_count = int(previous.get("rejected_count", len(self.rejected)))
             self.rejected_reasons.update(previous.get("rejected_reasons", {}))
+            side = Path(data_path).parent / str(previous.get("conflicts_file") or "")
+            if previous.get("conflicts_file") and side.is_file():
+                self._side = Spool(self.spool_path.with_suffix(".conflicts"))
+                with open(side, "rb") as fh:  # the evidence of earlier conflicts stays with the exposure
+                    for block in iter(lambda: fh.read(BLOCK), b""):
+                        self._side.append([block])
+                for c in previous.get("conflicts", []):
+                    (a, na), (b, nb) = c["side_file_ranges"]
+                    self.conflicts.append(Conflict(c["kind"], c["integration"], c["group"],
+                                                   c["pixel_offset"], tuple(c["sha256"]),
+                                                   ((a, na), (b, nb)), c.get("contact")))
             for c in previous.get("conflicts", []):
                 key = _key_of_fields(c["kind"], c["integration"], c["group"], c["pixel_offset"])
-                self._conflicted.add(key)
+                self._conflicted.setdefault(key, set()).update(c.get("sha256", []))
                 self._inorder = False
 
     # state -----------------------------------------------------------------------------------

@@ -236,3 +236,33 @@ def test_tag_mismatch_rejected(tmp_path):
     a = _new(tmp_path)
     res = _add(a, PACKETS[:2] + [data_packet(1, 1, 0, 4000, tag=other)])
     assert len(res.rejected) == 1 and "tag" in res.rejected[0].reason
+
+
+def test_a_conflict_carries_over_to_the_next_version(tmp_path):
+    """Version 2 is seeded from version 1: the conflict (and its evidence) stays, never complete."""
+    from consumers.l0.writer import publish
+    from products.l0 import l0_paths
+    good = exposure(100, 90, 2)
+    other = bytearray(good[3])
+    other[-1] ^= 0xFF
+    a = _new(tmp_path, "a")
+    _add(a, good[:3] + [bytes(other)] + good[3:-2])  # the first copy, then the real one
+    _add(a, [good[3], bytes(other)], "C1")  # copies of known variants: duplicates
+    assert len(a.conflicts) == 1 and a.duplicates == 2
+    sha, n = a.content_sha256()
+    w1 = publish(tmp_path / "data", a, 1, sha, n, supersedes=None)
+    a.close()
+    b = _new(tmp_path, "b")
+    b.seed(w1.data_path, w1.manifest)
+    third = bytearray(good[3])
+    third[-3] ^= 0x0F
+    _add(b, good + [bytes(third)], "C2")  # a full re-dump and a third variant
+    assert not b.complete and len(b.conflicts) == 2
+    sha, n = b.content_sha256()
+    w2 = publish(tmp_path / "data", b, 2, sha, n, supersedes=1)
+    m = w2.manifest
+    assert m["conflict_count"] == 2 and not m["complete"]
+    blob = (tmp_path / "data" / EXPOSURE_ID[:7] / m["conflicts_file"]).read_bytes()
+    (o1, n1), (o2, n2) = m["conflicts"][0]["side_file_ranges"]
+    assert blob[o1:o1 + n1] == bytes(other) and blob[o2:o2 + n2] == good[3]
+    b.close()
