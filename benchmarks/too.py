@@ -131,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         result = {"bench": "too", "too_l2a_seconds": round(written - ingested, 2),
                   "bulk_backlog_exposures": a.backlog, "bulk_done_before_too": bulk_before,
                   "ingest_seconds": round(ingested - queued_at, 1),
-                  "too_exposure": too_id, "too_shape": [exp.get("nints"), exp.get("ngroups"),
-                                                        exp.get("subsize2"), exp.get("subsize1")],
+                  "too_exposure": too_id, "too_shape": [exp["meta"][k] for k in
+                                                        ("nints", "ngroups", "subsize2", "subsize1")],
+                  "too_readpatt": exp["meta"]["readpatt"],
                   "goal_seconds": 60}
         result.update(machine("stcal", "astropy"))
     if not a.json:
