@@ -28,9 +28,10 @@ from rich.text import Text
 from core.settings import Settings
 from downlink.cli import settings_of
 
-#: a transactional commit leaves one control record after the last data record: a group
-#: caught up is then "1 behind" per partition; lags this small are checked by reading
-MARKER_SLACK = 2
+#: every transaction leaves a commit marker (an offset no reader sees): a group caught up is
+#: "1 behind" per partition, and a few records left behind look like more. Lags up to this
+#: many offsets are counted by reading the records; larger ones are shown as offsets
+MARKER_SLACK = 16
 
 
 @dataclass
@@ -96,18 +97,54 @@ async def committed_offsets(settings: Settings, admin: Any, service: str) -> dic
     return {tp: meta.offset for tp, meta in offsets.items() if meta.offset is not None and meta.offset >= 0}
 
 
-async def true_lags(consumer: Any, committed: dict[TopicPartition, int],
-                    ends: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-    """Lag per partition; a small lag is read to tell a transaction marker from real records."""
-    lags = {tp: max(0, ends.get(tp, off) - off) for tp, off in committed.items()}
-    probe = [tp for tp, n in lags.items() if 0 < n <= MARKER_SLACK]
-    if probe:
-        consumer.assign(probe)
-        for tp in probe:
-            consumer.seek(tp, committed[tp])
-        got = await consumer.getmany(*probe, timeout_ms=500)
-        for tp in probe:
-            lags[tp] = len(got.get(tp, []))
+async def add_uncommitted_partitions(settings: Settings, consumer: Any,
+                                     groups: list[dict[TopicPartition, int]]) -> None:
+    """A group reads every partition of its topics: one it never committed counts from the log start."""
+    from streams.kafka import topic_partitions
+
+    topics = sorted({tp.topic for c in groups for tp in c})
+    every = {t: [TopicPartition(t, p) for p in await topic_partitions(settings, t, wait=0.0)] for t in topics}
+    missing = sorted({tp for c in groups for t in {x.topic for x in c} for tp in every[t] if tp not in c})
+    if not missing:
+        return
+    starts = await consumer.beginning_offsets(missing)
+    for committed in groups:
+        for t in {x.topic for x in committed}:
+            for tp in every[t]:
+                if tp not in committed:
+                    committed[tp] = starts[tp]
+
+
+async def true_lags(consumer: Any, groups: list[dict[TopicPartition, int]],
+                    ends: dict[TopicPartition, int]) -> list[dict[TopicPartition, int]]:
+    """Lag per partition for each group's committed offsets.
+
+    A small lag is read to tell a transaction's commit marker from real records:
+    each such partition is read once, from the lowest committed offset that needs it.
+    """
+    lags = [{tp: max(0, ends.get(tp, off) - off) for tp, off in committed.items()} for committed in groups]
+    start: dict[TopicPartition, int] = {}
+    for committed, lag in zip(groups, lags):
+        for tp, n in lag.items():
+            if 0 < n <= MARKER_SLACK:
+                start[tp] = min(start.get(tp, committed[tp]), committed[tp])
+    if not start:
+        return lags
+    consumer.assign(sorted(start))
+    for tp, offset in start.items():
+        consumer.seek(tp, offset)
+    offsets: dict[TopicPartition, list[int]] = {tp: [] for tp in start}
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        got = await consumer.getmany(*start, timeout_ms=1000 if not any(offsets.values()) else 200)
+        if not any(got.values()):
+            break
+        for tp, recs in got.items():
+            offsets[tp] += [r.offset for r in recs]
+    for committed, lag in zip(groups, lags):
+        for tp, n in lag.items():
+            if tp in start and 0 < n <= MARKER_SLACK:
+                lag[tp] = sum(1 for o in offsets[tp] if o >= committed[tp])
     return lags
 
 
@@ -120,19 +157,25 @@ async def kafka_part(settings: Settings, snap: Snapshot, previous: Snapshot | No
     try:
         await start_client(settings, admin)
         await start_client(settings, consumer)
+        names = list(registry.SERVICES)
+        found = await asyncio.gather(*(committed_offsets(settings, admin, n) for n in names),
+                                     return_exceptions=True)
+        await add_uncommitted_partitions(settings, consumer, [c for c in found if isinstance(c, dict)])
+        every = sorted({tp for c in found if isinstance(c, dict) for tp in c})
+        ends = await consumer.end_offsets(every) if every else {}
         before = {r.name: r for r in previous.services} if previous else {}
-        for name in registry.SERVICES:
+        ok = [c for c in found if isinstance(c, dict)]
+        by_group = dict(zip(map(id, ok), await true_lags(consumer, ok, ends)))
+        for name, committed in zip(names, found):
             row = ServiceRow(name)
-            try:
-                committed = await committed_offsets(settings, admin, name)
-                ends = await consumer.end_offsets(list(committed)) if committed else {}
-                lags = await true_lags(consumer, committed, ends)
+            if isinstance(committed, BaseException):
+                row.error = f"{type(committed).__name__}: {committed}"[:60]
+            else:
+                lags = by_group[id(committed)]
                 row.partitions, row.lag, row.committed = len(committed), sum(lags.values()), sum(committed.values())
                 old = before.get(name)
-                if old is not None and snap.taken > previous.taken:
+                if old is not None and previous is not None and snap.taken > previous.taken:
                     row.rate = max(0.0, (row.committed - old.committed) / (snap.taken - previous.taken))
-            except Exception as exc:
-                row.error = f"{type(exc).__name__}: {exc}"[:60]
             snap.services.append(row)
         snap.alerts = await last_records(settings, consumer, "ops.alerts", 8)
         latest = await last_records(settings, consumer, "demux.state", 1)
@@ -166,7 +209,9 @@ async def last_records(settings: Settings, consumer: Any, topic: str, n: int) ->
     records: list[Any] = []
     deadline = time.monotonic() + 2.0
     while time.monotonic() < deadline:
-        got = await consumer.getmany(timeout_ms=300)
+        got = await consumer.getmany(timeout_ms=200 if records else 1000)
+        if not any(got.values()):
+            break  # nothing more (a transactional topic may end with a marker only)
         records += [r for recs in got.values() for r in recs]
         if all([await consumer.position(tp) >= ends[tp] for tp in tps]):
             break
