@@ -241,7 +241,6 @@ def test_tag_mismatch_rejected(tmp_path):
 def test_a_conflict_carries_over_to_the_next_version(tmp_path):
     """Version 2 is seeded from version 1: the conflict (and its evidence) stays, never complete."""
     from consumers.l0.writer import publish
-    from products.l0 import l0_paths
     good = exposure(100, 90, 2)
     other = bytearray(good[3])
     other[-1] ^= 0xFF

@@ -23,7 +23,7 @@ from consumers.l0.service import L0Assembler
 from products.l0 import l0_paths, sha256_file
 from streams.decoder import decode_all
 from streams.messages import DeadLetter, L0Ready, L0State, OpsAlert, SciEoc, SciRun
-from tests.unit.l0_fixtures import EXPOSURE_ID, TAG, exposure, start_packet
+from tests.unit.l0_fixtures import EXPOSURE_ID, exposure, start_packet
 from streams.packets import ExposureTag
 
 OTHER = ExposureTag(1234, 1, 1, 1, 1, 1, 2, 3)
