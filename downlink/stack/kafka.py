@@ -179,7 +179,8 @@ class Kafka(Component):
         argv = [
             "java", f"-Dlog4j.configuration=file:{self.home / 'log4j.properties'}",
             "-cp", f"{self.libs}/*", "kafka.tools.StorageTool", "format",
-            "-t", cluster_id(), "-c", str(self.home / "server.properties"),
+            # one argument: an id may start with '-' (1 in 64), which argparse takes for an option
+            f"--cluster-id={cluster_id()}", "-c", str(self.home / "server.properties"),
         ]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
