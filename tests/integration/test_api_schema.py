@@ -177,3 +177,37 @@ def test_missing_credentials_and_errors_are_json(api_server):
         r = c.delete("/api/v1/programs")
         assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"
         assert c.get("/api/v1/programs").status_code == 200
+
+
+def test_terminal_client(api_server, tmp_path):
+    """`downlink users add` prints a working token last; `archive programs | search | get` use it."""
+    import hashlib
+    import json
+
+    url, _token, s = api_server
+    env = env_for(s)
+
+    def run(*args: str, token: str | None = None) -> subprocess.CompletedProcess:
+        e = {**env, **({"DOWNLINK_TOKEN": token} if token else {})}
+        return subprocess.run([sys.executable, "-m", "downlink", *args], env=e, capture_output=True,
+                              text=True, timeout=120)
+
+    added = run("users", "add", "dora", "--program", "1234")
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip().splitlines()[-1].split()[-1]
+    assert token.startswith("dl_")
+    programs = run("archive", "programs", "--url", url, "--json")
+    assert {p["id"] for p in json.loads(programs.stdout)["programs"]} >= {1234, 4321}
+    found = run("archive", "search", "--url", url, "--program", "1234", "--json", token=token)
+    ids = {p["id"] for p in json.loads(found.stdout)["products"]}
+    assert f"{EXPOSURE}_cal" in ids
+    anonymous = run("archive", "search", "--url", url, "--program", "1234", "--json")
+    assert json.loads(anonymous.stdout)["total"] == 0
+    got = run("archive", "get", f"{EXPOSURE}_cal", "-o", str(tmp_path / "cal.fits"), "--url", url, token=token)
+    assert got.returncode == 0, got.stderr
+    data = (tmp_path / "cal.fits").read_bytes()
+    assert hashlib.sha256(data).hexdigest() in got.stdout
+    hidden = run("archive", "get", f"{EXPOSURE}_cal", "-o", str(tmp_path / "x.fits"), "--url", url)
+    assert hidden.returncode == 1 and "HTTP 404" in hidden.stderr and not (tmp_path / "x.fits").exists()
+    again = run("users", "token", "dora")
+    assert again.stdout.strip().splitlines()[-1].split()[-1].startswith("dl_")

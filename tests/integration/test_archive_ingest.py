@@ -26,7 +26,7 @@ from consumers.archive.service import ArchiveSink
 from downlink.stack.postgres import PostgresServer
 from streams.dictionary import load_dictionary
 from streams.messages import CalDone, DeadLetter
-from tests.integration.archive_support import (EXPOSURE, OTHER, archive_settings, cal_done,  # noqa: F401
+from tests.integration.archive_support import (OTHER, archive_settings, cal_done,  # noqa: F401
                                                catalogue_settings, eng_batch, l0_ready, snapshot)
 from tests.integration.helpers import read_all
 
