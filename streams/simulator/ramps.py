@@ -42,7 +42,7 @@ CR_RATE = 1.6e-5
 #: float32 values per rendering block (groups x pixels), sized to stay in cache
 BLOCK_VALUES = 1 << 15
 #: cosmic-ray hits listed per exposure in the truth file (the count is always complete)
-CR_SAMPLE = 256
+CR_SAMPLE = 64
 
 
 class NoisePool:
