@@ -190,7 +190,7 @@ class Catalogue:
             if isinstance(msg, EngBatch):
                 try:
                     eng_rows.extend(self.eng_rows(msg))
-                except (ConfigError, ValueError) as exc:
+                except (ConfigError, CodecError, ValueError) as exc:
                     result.rejected.append(Rejected(idx, f"{type(exc).__name__}: {exc}"))
                 continue
             await self._ensure_program(session, ps[0].program if ps else ExposureTag.from_exposure_id(

@@ -174,3 +174,26 @@ async def test_postgres_restart_during_ingest_loses_and_duplicates_nothing(setti
             await sink.stop()
     finally:
         await server.stop()
+
+
+async def test_bad_engineering_batches_are_rejected_alone(archive_settings):
+    """An unknown APID or a broken index rejects that batch only; the good one is stored."""
+    import datetime as dt
+
+    from consumers.archive.catalogue import Catalogue
+    from streams.messages import EngBatch
+
+    s = archive_settings
+    catalogue = Catalogue(s, load_dictionary(s.dictionary_file))
+    good = eng_batch(catalogue.dictionary, 0x101, n=10)
+    unknown = EngBatch(**{**good.__dict__, "apid": 0x1FE})
+    broken = EngBatch(**{**good.__dict__, "index": b"garbage"})
+    engine = db.async_engine(s)
+    try:
+        async with db.sessionmaker(engine)() as session:
+            result = await catalogue.apply(session, [(m, dt.datetime(2026, 6, 1)) for m in (unknown, good, broken)])
+    finally:
+        await engine.dispose()
+    assert sorted(r.index for r in result.rejected) == [0, 2]
+    assert "0x1fe" in result.rejected[0].reason and "PacketIndex" in result.rejected[1].reason
+    assert counts(s)[1] == 10 * len(catalogue.dictionary.by_apid()[0x101])
