@@ -83,7 +83,7 @@ class L1b(TransactionalService):
             msg: L0Ready = rec.value
             try:
                 request = await asyncio.to_thread(self.make, msg)
-            except (ValidationError, CodecError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            except (ValidationError, CodecError, OSError) as exc:  # the L0 cannot be used: not retriable
                 reason = f"{type(exc).__name__}: {exc}"
                 outputs.append(self.dead_letter_for(rec.topic, rec.tp, rec, reason, exposure_id=msg.exposure_id))
                 continue

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -584,6 +584,3 @@ def mark_missing(groupdq: np.ndarray, missing: np.ndarray, flag: int, y0: int = 
         if a0 < b0:
             flat[i - 1, g - 1, a0 - lo:b0 - lo] |= np.uint8(flag) if flat.dtype == np.uint8 else flag
 
-
-def meta_fields() -> list[str]:
-    return [f.name for f in fields(UncalMeta)]
