@@ -209,8 +209,20 @@ class L0Assembler(TransactionalService):
                     outputs.append(self.dead_letter_for(
                         "tlm.sci", rec.tp, rec, f"unusable science run: {type(exc).__name__}: {exc}",
                         exposure_id=msg.exposure_id, contact=msg.contact))
+                if entry.assembly.packets == 0 and not entry.rejected and not entry.assembly.conflicts:
+                    self.open.pop(msg.exposure_id).assembly.close()  # nothing to pin it for
                 continue
             outputs += self._report(entry, rec, msg, added)
+            if entry.assembly.packets == 0 and not entry.assembly.conflicts:
+                # every packet so far rejected (a fake exposure named by a hostile start, say):
+                # nothing to keep or replay, so no pinned offset waiting for an end of contact
+                self.open.pop(msg.exposure_id).assembly.close()
+                if not self._replayed(rec):
+                    outputs.append(self._alert(
+                        Open(entry.assembly, rec.tp, rec.offset, now, contact=msg.contact), "l0_rejected",
+                        "warning", f"{len(added.rejected)} packets rejected (dead letters), none "
+                        "kept: no L0 version written", detail={"reasons": dict(entry.rejected)}))
+                continue
             entry.last_update = now
             entry.through_offset = max(entry.through_offset, rec.offset + 1)
             entry.contact = msg.contact
