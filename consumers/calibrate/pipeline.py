@@ -22,6 +22,7 @@ is a few blocks, whatever the exposure size. Products become visible
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -112,17 +113,111 @@ _VALUE_KEYS = {"mask": "dq", "superbias": "data", "saturation": "data", "lineari
                "gain": "data", "readnoise": "data"}
 
 
+#: reftype -> the extensions a step needs from a reference file (docs/refs.md), read by row window
+_EXTENSIONS = {"mask": ("DQ",), "superbias": ("SCI",), "saturation": ("SCI",), "linearity": ("COEFFS",),
+               "gain": ("SCI",), "readnoise": ("SCI",), "dark": ("AVDRKCUR",), "flat": ("SCI", "DQ")}
+
+
+class _Image:
+    """One image extension of a full-frame reference file, rows read with ``pread``."""
+
+    def __init__(self, fd: int, hdu: Any) -> None:
+        h = hdu.header
+        self.fd = fd
+        self.offset = int(hdu.fileinfo()["datLoc"])
+        self.shape = tuple(int(h[f"NAXIS{k}"]) for k in range(int(h["NAXIS"]), 0, -1))
+        self.dtype = np.dtype(RowReader._TYPES[int(h["BITPIX"])])
+        self.bzero = float(h.get("BZERO", 0.0))
+        self.bscale = float(h.get("BSCALE", 1.0))
+
+    def rows(self, y0: int, y1: int, x0: int, nx: int) -> np.ndarray:
+        lead = int(np.prod(self.shape[:-2])) if len(self.shape) > 2 else 1
+        ny, fx = self.shape[-2:]
+        if y0 < 0 or y1 > ny or x0 < 0 or x0 + nx > fx:
+            raise CalibrationError(f"rows {y0 + 1}..{y1}, columns {x0 + 1}..{x0 + nx} are outside the "
+                                   f"{fx} x {ny} reference image")
+        item = self.dtype.itemsize
+        buf = np.empty((lead, y1 - y0, fx), dtype=self.dtype)
+        for k in range(lead):
+            at = self.offset + ((k * ny + y0) * fx) * item
+            n = os.preadv(self.fd, [buf[k]], at)
+            if n != buf[k].nbytes:
+                raise CalibrationError("a reference file is shorter than its header says")
+        cut = buf[:, :, x0:x0 + nx]
+        if self.dtype.kind == "i" and self.bzero == 2.0 ** (8 * item - 1):   # unsigned convention
+            out = (cut.astype(np.int64) + int(self.bzero)).astype(f"u{item}")
+        else:
+            out = cut.astype(np.float32)
+            if self.bscale != 1.0:
+                out *= np.float32(self.bscale)
+            if self.bzero:
+                out += np.float32(self.bzero)
+        return out.reshape(self.shape[:-2] + out.shape[-2:]) if len(self.shape) > 2 else out[0]
+
+
 class _Refs:
-    """Windowed reference loads for one exposure, with the file names for R_ keywords."""
+    """Windowed reference reads for one exposure, with the file names for R_ keywords.
+
+    A products.refs.store.Context (anything with ``verify(reftype, detector) -> path``)
+    is read directly: each file is checksum-verified by the context, opened once
+    per run, and each block reads only its rows with ``pread`` (re-opening nine
+    FITS files per block cost more than the arithmetic). Other sources go
+    through their ``load``.
+    """
 
     def __init__(self, source: RefSource, meta: ExposureMeta) -> None:
         self.source = source
         self.meta = meta
         self.names: dict[str, str] = {}
         self._photom: tuple[float, float] | None = None
+        self._open: dict[str, tuple[int, dict[str, _Image], int, int]] = {}
+
+    def _file(self, reftype: str) -> tuple[int, dict[str, _Image], int, int] | None:
+        if reftype in self._open:
+            return self._open[reftype]
+        verify = getattr(self.source, "verify", None)
+        if not callable(verify) or reftype not in _EXTENSIONS:
+            return None
+        from astropy.io import fits
+
+        path = Path(verify(reftype, self.meta.detector))
+        try:
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as h:
+                x0 = int(h[0].header.get("SUBSTRT1", 1)) - 1
+                y0 = int(h[0].header.get("SUBSTRT2", 1)) - 1
+                fd = os.open(path, os.O_RDONLY)
+                images = {ext: _Image(fd, h[ext]) for ext in _EXTENSIONS[reftype]}
+        except (OSError, KeyError, ValueError) as exc:
+            raise CalibrationError(f"reference file {path} ({reftype}, {self.meta.detector}) cannot be "
+                                   f"read: {exc}; run `downlink refs make` to make a new context") from None
+        self.names[reftype] = path.name
+        self._open[reftype] = (fd, images, x0, y0)
+        return self._open[reftype]
+
+    def close(self) -> None:
+        for fd, *_ in self._open.values():
+            os.close(fd)
+        self._open.clear()
 
     def window(self, reftype: str, row0: int, rows: int) -> Any:
         m = self.meta
+        opened = self._file(reftype)
+        if opened is not None:
+            _, images, fx0, fy0 = opened
+            x0 = m.substrt1 - 1 - fx0
+            y0 = m.substrt2 - 1 - fy0 + row0
+            try:
+                cut = {ext: img.rows(y0, y0 + rows, x0, m.nx) for ext, img in images.items()}
+            except CalibrationError as exc:
+                raise CalibrationError(f"{reftype} reference {self.names[reftype]} of {m.detector} does not "
+                                       f"cover SUBSTRT=({m.substrt1}, {m.substrt2}) SUBSIZE=({m.nx}, "
+                                       f"{m.ny}): {exc}") from None
+            if reftype == "flat":
+                return {"flat": cut["SCI"], "dq": cut["DQ"], "err": None}
+            out = next(iter(cut.values()))
+            if reftype == "readnoise":
+                out = out * np.float32(READNOISE_TO_CDS)
+            return out
         value = self.source.load(reftype, m.detector, m.substrt1, m.substrt2 + row0, m.subsize1, rows)
         name = getattr(value, "name", None)
         self.names[reftype] = str(name) if isinstance(name, str) else f"{self.source.name}:{reftype}"
@@ -233,13 +328,12 @@ def run_pipeline(uncal_path: Path | str, out_dir: Path | str, refs: RefSource, *
     seconds: dict[str, float] = {n: 0.0 for n in selected}
     seconds.update(read=0.0, write=0.0, references=0.0)
 
-    with UncalFile(uncal_path) as uf:
+    with UncalFile(uncal_path) as uf, contextlib.closing(_Refs(refs, exposure_meta(uf.meta))) as source:
         umeta = uf.meta
-        meta = exposure_meta(umeta)
+        meta = source.meta
         if stem is None:
             name = uncal_path.name
             stem = name[:-len("_uncal.fits")] if name.endswith("_uncal.fits") else uncal_path.stem
-        source = _Refs(refs, meta)
         # every reference the selected steps need, before any output exists
         t0 = time.perf_counter()
         needed = [(n, rt) for n in selected for rt in S.BY_NAME[n].reftypes]
