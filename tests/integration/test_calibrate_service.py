@@ -11,8 +11,7 @@ from aiokafka import TopicPartition
 from consumers.framework.runner import run_services
 from products.refs.store import RefStore
 from streams.kafka import make_consumer, make_producer, start_client
-from streams.messages import CalDone, CalRequest, DeadLetter
-from streams import messages
+from streams.messages import CalDone, CalRequest
 from tests.integration.helpers import fast, read_all
 from tests.unit.calibrate_fixtures import make_meta, render, write_exposure
 
