@@ -154,14 +154,6 @@ class ArchiveSettings:
     database_url: Secret = field(default_factory=Secret)
     api_host: str = "127.0.0.1"
     api_port: int = _n(8000, gt=0, le=65535)
-
-
-@dataclass(frozen=True)
-class CalibrateSettings:
-    #: reference files and contexts (empty = <data dir>/refs)
-    refs_dir: str = ""
-    #: pinned reference context (empty = the newest, "best")
-    context: str = ""
     #: exclusive access period of a program registered without one (0, 3, 6 or 12)
     default_period_months: int = _n(12, ge=0, le=12)
     #: lifetime of an API token issued by `downlink users add | token`
@@ -171,6 +163,14 @@ class CalibrateSettings:
     max_eng_points: int = _n(100_000, ge=10)
     #: largest contributed product accepted by the upload endpoint
     max_upload_bytes: int = _n(2 << 30, ge=1 << 10)
+
+
+@dataclass(frozen=True)
+class CalibrateSettings:
+    #: reference files and contexts (empty = <data dir>/refs)
+    refs_dir: str = ""
+    #: pinned reference context (empty = the newest, "best")
+    context: str = ""
     #: programs whose exposures take the ToO lane (comma-separated program numbers)
     too_programs: str = ""
     #: worker processes for calibration (CPU-heavy numpy work)
