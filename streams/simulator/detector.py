@@ -61,6 +61,8 @@ LOW_QE = 1 << 13
 NO_FLAT_FIELD = 1 << 18
 REFERENCE_PIXEL = 1 << 31
 
+#: DQ bits of the outlier pixels the model draws
+_SPECIAL_BITS = {"hot": HOT, "warm": WARM, "dead": DEAD | DO_NOT_USE, "lowqe": LOW_QE}
 #: the saturation threshold of the reference file, as a fraction of the signal range to the clip
 SATURATION_FRACTION = 0.97
 #: non-linearity at the hard clip: the measured signal falls this far below the linear one
@@ -113,6 +115,13 @@ def _pool(seed: int) -> np.ndarray:
     return pool
 
 
+@functools.lru_cache(maxsize=4)
+def _pool_peak(seed: int) -> float:
+    """Largest |value| in the pool: bounds every field without scanning it."""
+    pool = _pool(seed)
+    return float(max(pool.max(), -pool.min()))
+
+
 def _linearity_shape() -> np.ndarray:
     """a2..a4 of the correction y + a2 y^2 + a3 y^3 + a4 y^4 ~ (1 - sqrt(1 - 4y)) / 2 on the used range.
 
@@ -142,7 +151,7 @@ class PixelMaps:
     signal_range: np.ndarray  # DN of measured signal above the bias where the electronics clip
     flat: np.ndarray  # relative response (1 = nominal)
     alive: np.ndarray  # bool: light-sensitive (False for dead and reference pixels)
-    dq: np.ndarray  # uint32 mask (DEAD|DO_NOT_USE, HOT, WARM, LOW_QE, REFERENCE_PIXEL)
+    dq: np.ndarray | None  # uint32 mask (DEAD|DO_NOT_USE, HOT, WARM, LOW_QE, REFERENCE_PIXEL); None if not asked
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -292,11 +301,13 @@ class DetectorModel:
                              f"the {nx} x {ny} frame of {self.name}")
 
     def maps(self, substrt1: int = 1, substrt2: int = 1, subsize1: int | None = None,
-             subsize2: int | None = None, alloc: Callable[[int], np.ndarray] | None = None) -> PixelMaps:
+             subsize2: int | None = None, alloc: Callable[[int], np.ndarray] | None = None,
+             with_dq: bool = True) -> PixelMaps:
         """The model over a subarray (1-based start, sizes in pixels); the full frame by default.
 
         ``alloc(n)`` may supply the float32 buffers (the simulator recycles them:
-        a fresh 16 MB array costs more in page faults than the arithmetic).
+        a fresh 16 MB array costs more in page faults than the arithmetic);
+        ``with_dq=False`` skips the DQ mask (``dq`` is then None; the renderer needs only ``alive``).
         """
         fx, fy = self.full
         nx = fx - substrt1 + 1 if subsize1 is None else subsize1
@@ -322,35 +333,38 @@ class DetectorModel:
         dark = field(4, 0.3 * self.dark_median, f32(self.dark_median), floor=0.2 * self.dark_median)
         signal_range = field(5, 0.01 * self.well_range, f32(self.well_range))
         # headroom: the clip plus 10 sigma of read noise stays below 65535, so no raw value overflows
-        if float(bias.max()) + float(signal_range.max()) > MAX_RAW:
+        # (a bound from the pieces decides cheaply when the exact cap is needed at all)
+        peak = float(_pool_peak(self.seed))
+        bias_bound = (self.bias_level + float(self._amp.max()) + float(self._col.max())
+                      + float(self._row.max()) + 20.0 * peak)
+        if bias_bound + self.well_range * (1 + 0.01 * peak) > MAX_RAW:
             np.minimum(signal_range, f32(MAX_RAW) - bias, out=signal_range)
         gx = (xs / fx - 0.5).astype(f32)
         gy = (ys / fy - 0.5).astype(f32)
         flat = field(6, 0.015, f32(1.0) + f32(0.03) * gx * gx, -f32(0.02) * gy)
 
-        dq = np.zeros((ny, nx), dtype=np.uint32)
+        dq = np.zeros((ny, nx), dtype=np.uint32) if with_dq else None
         alive = np.ones((ny, nx), dtype=bool)
         ref_rows, ref_cols = self._reference_lines(x0, y0, nx, ny)
         for sl in ((ref_rows, slice(None)), (slice(None), ref_cols)):
-            dq[sl] |= np.uint32(REFERENCE_PIXEL)
+            if dq is not None:
+                dq[sl] |= np.uint32(REFERENCE_PIXEL)
             alive[sl] = False
             dark[sl] = 0.0
         for kind, (idx, value) in self._specials.items():
             py, px = np.divmod(idx, fx)
             inside = (px >= x0) & (px < x0 + nx) & (py >= y0) & (py < y0 + ny) & ~self._is_reference(px, py)
             py, px, value = py[inside] - y0, px[inside] - x0, value[inside]
-            if kind == "hot":
+            if kind in ("hot", "warm"):
                 dark[py, px] = value
-                dq[py, px] |= np.uint32(HOT)
-            elif kind == "warm":
-                dark[py, px] = value
-                dq[py, px] |= np.uint32(WARM)
             elif kind == "dead":
                 alive[py, px] = False
-                dq[py, px] |= np.uint32(DEAD | DO_NOT_USE)
             else:
                 flat[py, px] = value
-                dq[py, px] |= np.uint32(LOW_QE)
+            if dq is not None:
+                dq[py, px] |= np.uint32(_SPECIAL_BITS[kind])
+        if dq is None:
+            return PixelMaps(bias, dark, gain, readnoise, signal_range, flat, alive, None)  # type: ignore[arg-type]
         return PixelMaps(bias, dark, gain, readnoise, signal_range, flat, alive, dq)
 
     def describe(self) -> dict[str, object]:

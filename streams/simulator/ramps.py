@@ -159,7 +159,7 @@ class DetectorPatterns:
     def _window(self, det: int, x1: int, y1: int, nx: int, ny: int, nframes: int,
                 alloc: Callable[[int], np.ndarray] | None) -> ModelArrays:
         f32 = np.float32
-        maps = self.model(det).maps(x1, y1, nx, ny, alloc=alloc)
+        maps = self.model(det).maps(x1, y1, nx, ny, alloc=alloc, with_dq=False)
         take = alloc or (lambda n: np.empty(n, dtype=f32))
         flat = maps.flat.reshape(-1)
         np.copyto(flat, f32(0.0), where=~maps.alive.reshape(-1))
