@@ -41,6 +41,8 @@ PIXEL_MAX = 65535
 CR_RATE = 1.6e-5
 #: float32 values per rendering block (groups x pixels), sized to stay in cache
 BLOCK_VALUES = 1 << 15
+#: model arrays kept per simulation for windows that repeat (~117 MB per 2048^2 window)
+MODEL_CACHE_BYTES = 1 << 30
 #: cosmic-ray hits listed per exposure in the truth file (the count is always complete)
 CR_SAMPLE = 64
 
@@ -95,20 +97,24 @@ class Workspace:
 class ModelArrays:
     """The detector model over one exposure window, as the renderer uses it (read-only, shared).
 
-    Consecutive exposures with one configuration (the same detector, window and
-    NFRAMES) share one set, so the model is evaluated once per configuration,
-    not once per exposure.
+    Exposures on the same detector and window share one set (read noise is per
+    frame; the renderer scales it for NFRAMES), so the model is evaluated once
+    per window, not once per exposure.
     """
 
     bias: np.ndarray  # DN
     clip: np.ndarray  # linear DN where the electronics clip
     beta: np.ndarray  # 1/DN non-linearity
-    read_noise: np.ndarray  # DN per group (frame read noise / sqrt(NFRAMES))
+    read_noise: np.ndarray  # DN per frame read
     response: np.ndarray  # flat, 0 on dead and reference pixels
     dark: np.ndarray  # DN/s
     inv_gain: np.ndarray  # DN/e
     users: int = 0
-    activity: int = -1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays())
+
     def arrays(self) -> tuple[np.ndarray, ...]:
         return (self.bias, self.clip, self.beta, self.read_noise, self.response, self.dark, self.inv_gain)
 
@@ -119,9 +125,9 @@ class DetectorPatterns:
     The models (``streams.simulator.detector``) are per detector and do not
     depend on the simulation seed: every simulation observes with the same
     detectors "as built", which the reference files of ``downlink refs make``
-    describe. Model arrays are kept while a configuration repeats and handed
-    back to the workspace once an activity with another one starts, so memory
-    stays that of the exposures being rendered. The ledger keeps, per exposure,
+    describe. Model arrays are kept per (detector, window) in a least-recently
+    used cache of MODEL_CACHE_BYTES (never evicting arrays in use), handed back
+    to the workspace when evicted. The ledger keeps, per exposure,
     what the truth file records about its ramps (cosmic rays).
     """
 
@@ -130,21 +136,27 @@ class DetectorPatterns:
         self.pool = pool
         self.model_seed = model_seed
         self.ledger: dict[int, dict] = {}
-        self._arrays: dict[tuple[int, int, int, int, int, int], ModelArrays] = {}
+        self._arrays: dict[tuple[int, int, int, int, int], ModelArrays] = {}  # insertion = LRU order
+        self._bytes = 0
 
     def model(self, detector: int) -> DetectorModel:
         return detector_model(detector, self.model_seed)
 
     def acquire(self, exposure: ExposurePlan, workspace: Workspace) -> ModelArrays:
         h = exposure.header
-        key = (exposure.tag.detector, h.substrt1, h.substrt2, h.subsize1, h.subsize2, h.nframes)
-        entry = self._arrays.get(key)
+        key = (exposure.tag.detector, h.substrt1, h.substrt2, h.subsize1, h.subsize2)
+        entry = self._arrays.pop(key, None)
         if entry is None:
-            for k in [k for k, v in self._arrays.items() if v.users == 0 and v.activity < exposure.activity]:
-                workspace.give(*self._arrays.pop(k).arrays())
-            entry = self._arrays[key] = self._evaluate(exposure, workspace)
+            entry = self._evaluate(exposure, workspace)
+            self._bytes += entry.nbytes
+        self._arrays[key] = entry  # most recently used last
         entry.users += 1
-        entry.activity = max(entry.activity, exposure.activity)
+        for k in [k for k, v in self._arrays.items() if v.users == 0]:
+            if self._bytes <= MODEL_CACHE_BYTES:
+                break
+            old = self._arrays.pop(k)
+            self._bytes -= old.nbytes
+            workspace.give(*old.arrays())
         return entry
 
     def release(self, entry: ModelArrays) -> None:
@@ -154,9 +166,9 @@ class DetectorPatterns:
         """The model over the exposure's window (only the rows it covers are generated)."""
         h = exposure.header
         return self._window(exposure.tag.detector, h.substrt1, h.substrt2, h.subsize1, h.subsize2,
-                            h.nframes, workspace.take)
+                            workspace.take)
 
-    def _window(self, det: int, x1: int, y1: int, nx: int, ny: int, nframes: int,
+    def _window(self, det: int, x1: int, y1: int, nx: int, ny: int,
                 alloc: Callable[[int], np.ndarray] | None) -> ModelArrays:
         f32 = np.float32
         maps = self.model(det).maps(x1, y1, nx, ny, alloc=alloc, with_dq=False)
@@ -168,8 +180,8 @@ class DetectorPatterns:
         clip = np.multiply(maps.signal_range.reshape(-1), f32(1.0 / (1.0 - NONLINEARITY_AT_WELL)),
                            out=maps.signal_range.reshape(-1))
         beta = np.divide(f32(NONLINEARITY_AT_WELL), clip, out=take(clip.size))
-        rn = np.multiply(maps.readnoise.reshape(-1), f32(1.0 / np.sqrt(nframes)), out=maps.readnoise.reshape(-1))
-        return ModelArrays(maps.superbias.reshape(-1), clip, beta, rn, flat, maps.dark.reshape(-1), inv_gain)
+        return ModelArrays(maps.superbias.reshape(-1), clip, beta, maps.readnoise.reshape(-1), flat,
+                           maps.dark.reshape(-1), inv_gain)
 
     def exposure_truth(self, exposure: ExposurePlan) -> dict:
         """The truth file's ``ramps`` entry: enough to regenerate the injected rate and the model."""
@@ -296,6 +308,9 @@ class RampSynth:
         sdt, rdt, acc = self.sdt, self.rdt, self.acc
         m = self.model
         bias, clip, beta, rn = m.bias, m.clip, m.beta, m.read_noise
+        frames = self.exposure.header.nframes
+        rn_scale = np.float32(1.0 / np.sqrt(frames))  # a group averages NFRAMES frame reads
+        rn_block = np.empty(min(block, npix), dtype=np.float32)
         for a in range(0, npix, block):
             b = min(a + block, npix)
             bb, tb = (buf, tmp) if b - a == buf.shape[1] else (buf[:, :b - a], tmp[:, :b - a])
@@ -313,7 +328,11 @@ class RampSynth:
             tb *= beta[a:b]
             bb -= tb
             bb += bias[a:b]
-            np.multiply(read[:, a:b], rn[a:b], out=tb)
+            if frames == 1:
+                np.multiply(read[:, a:b], rn[a:b], out=tb)
+            else:  # per-pixel scaling on one row of the block, not on every group
+                np.multiply(rn[a:b], rn_scale, out=rn_block[:b - a])
+                np.multiply(read[:, a:b], rn_block[:b - a], out=tb)
             bb += tb  # within PIXEL_FLOOR..PIXEL_MAX by construction of the model (no clip pass)
             np.copyto(out[:, a:b], bb, casting="unsafe")
         return out
