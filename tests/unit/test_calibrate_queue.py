@@ -81,3 +81,33 @@ def test_latency_metrics_and_the_five_day_share(settings) -> None:
                                 "seconds": {"jump": 0.5, "ramp_fit": 1.0, "total": 2.0}}, now)
     assert metrics.TOO_LATENCY_SECONDS._sum.get() - before == pytest.approx(30.0, abs=0.5)
     assert metrics.L2B_WITHIN_5_DAYS._value.get() == pytest.approx(2 / 3)
+
+
+def test_bulk_workers_wait_between_blocks_while_a_too_runs() -> None:
+    import threading
+    import time as _time
+
+    from consumers.calibrate import worker
+
+    event = threading.Event()
+    passed = threading.Event()
+
+    def block_boundary() -> None:
+        worker._between_blocks()
+        passed.set()
+
+    worker.init_worker(event, "bulk")
+    try:
+        event.set()                               # a ToO is running
+        t = threading.Thread(target=block_boundary)
+        t.start()
+        _time.sleep(0.2)
+        assert not passed.is_set()                # the bulk job holds at the block boundary
+        event.clear()                             # the ToO is done
+        t.join(2)
+        assert passed.is_set()
+        worker.init_worker(event, "too")          # the ToO lane itself never waits
+        event.set()
+        worker._between_blocks()
+    finally:
+        worker.init_worker(None, "bulk")
