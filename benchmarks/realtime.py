@@ -14,7 +14,8 @@ ingested paced at that rate (28 Mbit/s):
    and l0 process it at full speed (same demux process, as in operations).
 
 It also reports demux's share (raw chunk produced -> its ``tlm.eng.realtime``
-record's Kafka timestamp) and the raw partition of each contact.
+record appended by the broker: the topic is switched to LogAppendTime for the
+run) and the raw partition of each contact.
 
 Keys: ``p50_ms``, ``p95_ms``, ``p99_ms`` (alone), ``p99_ms_under_load`` and
 ``p50_ms_under_load`` (goal p99 under load < 100 ms). The topics and MQTT
@@ -109,8 +110,24 @@ def _realtime_packets(path: Path) -> int:
     return int(((pk.kind == 1) & (pk.source == 0)).sum())
 
 
+async def _log_append_time(settings: Settings, topic: str) -> None:
+    """Let the broker stamp ``topic``'s records when it appends them (demux's share includes its send)."""
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from streams.kafka import make_admin
+
+    admin = make_admin(settings)
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic(topic),
+                                                  {"message.timestamp.type": "LogAppendTime"})])
+    finally:
+        await admin.close()
+
+
 async def _fast_lane_ms(settings: Settings) -> dict[str, dict[str, float | int]]:
-    """Per probe contact: raw chunk produced -> its tlm.eng.realtime record written (demux's share)."""
+    """Per probe contact: raw chunk produced -> its tlm.eng.realtime record appended by the broker
+    (demux's share, its producer included)."""
     from streams.kafka import read_to_end
     from streams.messages import EngBatch
 
@@ -156,6 +173,7 @@ async def arun(settings: Settings, probe_mb: int = 60, bulk_mb: int = 400) -> di
         expected = {name: _realtime_packets(files[name]) for name in ("RTA", "RTB")}
         env = _env(settings, tmp)
         await create_topics(settings, specs)
+        await _log_append_time(settings, "tlm.eng.realtime")
         probe = Probe(settings)
         probe_task = asyncio.create_task(probe.run())
         try:
