@@ -332,7 +332,7 @@ async def locate(settings: Settings, contact: str) -> tuple[TopicPartition, Resu
 
 async def started_producer(settings: Settings) -> AIOKafkaProducer:
     """The shared producer, bulk-path compression (none by default): raw telemetry
-    compresses ~1.1:1 (JWST.md), so lz4/zstd would only burn event-loop CPU on every chunk."""
+    compresses ~1.1:1 (docs/domain.md), so lz4/zstd would only burn event-loop CPU on every chunk."""
     producer = make_producer(settings, compression_type=settings.compression_type(bulk=True))
     await start_client(settings, producer)
     return producer
