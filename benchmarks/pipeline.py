@@ -103,7 +103,7 @@ def run(size_mb: int = 2048, seed: int = 1, workdir: str | None = None,
     keep = workdir is not None
     work = Path(workdir or tempfile.mkdtemp(prefix="downlink-bench-"))
     settings = base.replace(topic_prefix=f"bench{uuid.uuid4().hex[:6]}.", data_dir=work / "data",
-                            state_dir=work / "state", l0_eoc_margin_seconds=0.0, idle_seconds=1.0)
+                            state_dir=work / "state", l0_eoc_margin_seconds=0.0, run_idle_seconds=1.0)
     shutil.rmtree(settings.data_dir, ignore_errors=True)
     raw, truth = work / "contact.bin", work / "truth.json"
     if not raw.exists():
