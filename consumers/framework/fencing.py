@@ -21,7 +21,11 @@ The mechanism: a membership *lease* checked before every effect.
   and partitions move only in a new generation, which a paused member
   cannot be part of. So the check is repeated with a round trip only when
   the lease (half the session timeout) ran out or the generation changed;
-  otherwise it is a clock read. A resumed zombie always finds its lease
+  otherwise it is a clock read. The check before ``process`` binds the
+  batch to the generation it was read under; the ``tick`` and ``commit``
+  checks of that batch refuse any other generation (a replica that resumed
+  and already rejoined is a member again, but not of the generation that
+  owned the batch's partitions). A resumed zombie always finds its lease
   expired (its clock jumped by the pause) and fails the round trip.
 * The framework checks before a batch is processed, before the time-driven
   ``tick`` and right before the transaction commits (after the offsets were
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextvars import ContextVar
 from typing import Any
 
 from aiokafka import errors as kerrors
@@ -60,6 +65,9 @@ log = logging.getLogger(__name__)
 #: a check proves membership for this fraction of the session timeout
 LEASE_FRACTION = 0.5
 _MEMBER_OK = (kerrors.NoError, kerrors.RebalanceInProgressError)
+#: generation a batch was processed under; the batch's commit task inherits it (asyncio copies the
+#: context when the framework creates that task), so a commit is refused under any other generation
+_BATCH_GENERATION: ContextVar[int | None] = ContextVar("downlink_batch_generation", default=None)
 
 
 class Fence:
@@ -82,6 +90,13 @@ class Fence:
         if coordinator is None or not self.service.assigned:
             return  # nothing owned, nothing to protect
         generation, member = coordinator.generation, coordinator.member_id
+        bound = _BATCH_GENERATION.get()
+        if where == "process":
+            _BATCH_GENERATION.set(generation)
+        elif bound is not None and generation != bound:
+            # rejoined meanwhile (e.g. resumed after a pause, the revoke did not wait for this batch):
+            # membership now says nothing about the partitions the batch was read from
+            self._refuse(where, generation, f"generation changed from {bound}")
         if generation == self.generation and time.monotonic() < self.lease_until:
             return
         sent = time.monotonic()
@@ -94,13 +109,16 @@ class Fence:
         if error in _MEMBER_OK and coordinator.generation == generation:
             self.generation, self.lease_until = generation, sent + self.lease_seconds
             return
+        self._refuse(where, generation, error.__name__)
+
+    def _refuse(self, where: str, generation: int, why: str) -> None:
         self.generation, self.lease_until = None, 0.0
         log.warning("not a member of the group's current generation; batch aborted", extra={
             "service": self.service.name, "instance": self.service.instance, "where": where,
-            "generation": generation, "error": error.__name__})
+            "generation": generation, "error": why})
         raise FencedError(
             f"{self.service.name} instance {self.service.instance!r} cannot prove it still owns its "
-            f"partitions ({error.__name__} for generation {generation} before {where}); it was paused "
+            f"partitions ({why} for generation {generation} before {where}); it was paused "
             "or cut off past the session timeout and another instance may own them: nothing is "
             "committed, the batch is redone after the group is rejoined")
 

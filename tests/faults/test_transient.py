@@ -50,10 +50,11 @@ async def test_broker_stopped_mid_contact_and_restarted(private_kafka, tmp_path:
     log = tmp_path / "run.log"
     proc = spawn_with(settings, "run", log=log, env={"DOWNLINK_METRICS_PORT": str(port)})
     feeder = spawn_with(settings, "ingest", str(tmp_path / "BROKER1.bin"), "--contact", "BROKER1",
-                        "--rate", "24Mbps", log=tmp_path / "ingest.log")
+                        "--rate", "8Mbps", log=tmp_path / "ingest.log")  # ~30 s of contact
     expected = {e["exposure_id"] for e in truth["exposures"]}
     try:
         await wait_for_log([log], "L0 written", timeout=120)
+        assert feeder.poll() is None, "the contact was over before the outage: nothing would be tested"
         await private_kafka.stop()  # mid-contact: chunks still arriving, batches being committed
         stopped = time.monotonic()
         retries_seen: dict[str, float] = {}
