@@ -321,6 +321,8 @@ class ConsumingService(Service):
     def __init__(self, settings: Settings, **kw: Any) -> None:
         super().__init__(settings, **kw)
         self.consumer: AIOKafkaConsumer | None = None
+        #: the kind's producer (transactional, or idempotent for sinks); closed with the consumer
+        self.producer: Any = None
         self.assigned: set[TopicPartition] = set()
         self.last_activity = time.monotonic()
         self._paused: set[TopicPartition] = set()
@@ -359,10 +361,12 @@ class ConsumingService(Service):
                                 listener=listener or Rebalance(self))
 
     async def close(self) -> None:
-        if self.consumer is not None:
-            with contextlib.suppress(Exception):
-                await self.consumer.stop()
-            self.consumer = None
+        for attr in ("consumer", "producer"):
+            client = getattr(self, attr)
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.stop()
+                setattr(self, attr, None)
 
     async def fetch(self) -> list[tuple[TopicPartition, list[ConsumerRecord]]]:
         """One fetch, most urgent inputs first; pauses less urgent partitions while urgent ones have work."""

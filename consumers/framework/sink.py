@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import CommitFailedError
 
 from consumers.framework.service import ConsumingService, Output, Record
@@ -39,7 +37,6 @@ class SinkService(ConsumingService):
 
     def __init__(self, settings, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        self.producer: AIOKafkaProducer | None = None
         self._failures = 0
 
     async def on_start(self) -> None:
@@ -50,10 +47,6 @@ class SinkService(ConsumingService):
 
     async def close(self) -> None:
         await super().close()
-        if self.producer is not None:
-            with contextlib.suppress(Exception):
-                await self.producer.stop()
-            self.producer = None
         await self.close_sink()
 
     async def run(self) -> None:

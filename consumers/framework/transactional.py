@@ -65,7 +65,6 @@ class TransactionalService(ConsumingService):
 
     def __init__(self, settings, **kw: Any) -> None:
         super().__init__(settings, **kw)
-        self.producer: AIOKafkaProducer | None = None
         self._pending: asyncio.Task | None = None
         self._durable: list[asyncio.Future] = []
         self._failures = 0
@@ -82,12 +81,6 @@ class TransactionalService(ConsumingService):
         await start_client(self.settings, self.producer)
         await self.open_consumer()
 
-    async def close(self) -> None:
-        await super().close()
-        if self.producer is not None:
-            with contextlib.suppress(Exception):
-                await self.producer.stop()
-            self.producer = None
 
     async def run(self) -> None:
         """Fetch, process and commit batches until stopped.
