@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     def run(
         ctx: typer.Context,
         until_idle: bool = typer.Option(False, "--until-idle", help="exit once every topic is drained and every output written"),
-        only: str = typer.Option("demux,l0", help="comma-separated consumers to run"),
+        only: Optional[str] = typer.Option(None, help="comma-separated services to run [default: every default service of the registry]"),
         metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus /metrics here [DOWNLINK_METRICS_PORT]"),
         instance: Optional[str] = typer.Option(None, help="stable instance id (transactional id suffix) [DOWNLINK_INSTANCE]"),
     ) -> None:
@@ -23,13 +23,16 @@ def register(app: typer.Typer) -> None:
         from consumers.framework.runner import run_services
 
         settings = settings_of(ctx).replace(**({"metrics_port": metrics_port} if metrics_port is not None else {}))
-        names = [n.strip() for n in only.split(",") if n.strip()]
+        from consumers.framework import registry
+
+        names = ([n.strip() for n in only.split(",") if n.strip()] if only is not None
+                 else registry.names(default_only=True))
         raise typer.Exit(asyncio.run(run_services(settings, names, until_idle=until_idle, instance=instance)))
 
     @app.command("consumer")
     def consumer(
         ctx: typer.Context,
-        name: str = typer.Argument(..., help="demux | l0"),
+        name: str = typer.Argument(..., help="a service of the registry: demux, l0, l1b, calibrate, archive, realtime, ..."),
         until_idle: bool = typer.Option(False, "--until-idle"),
         metrics_port: Optional[int] = typer.Option(None, help="serve Prometheus /metrics here"),
         instance: Optional[str] = typer.Option(None, help="stable instance id; give each replica its own"),

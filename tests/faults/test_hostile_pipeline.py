@@ -96,7 +96,7 @@ async def test_hostile_packets_of_every_class_in_a_contact(settings, topics, tmp
                                                     "pixel_offset", "integration_range", "conflict",
                                                     "seq_outlier", "pixel_count"}
     ingest(settings, tmp_path / "HOST1.bin", "HOST1")
-    result = cli(settings, "run", "--until-idle", check=False, timeout=300)
+    result = cli(settings, "run", "--only", "demux,l0", "--until-idle", check=False, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     await _check_hostile_outcomes(settings, truth, "HOST1")
 
@@ -146,7 +146,7 @@ async def test_bad_records_on_input_topics_are_dead_lettered_and_the_services_go
     sci = await _produce(settings, "tlm.sci", _bad_sci())
     raw = await _produce(settings, "downlink.raw", _bad_raw())
     ingest(settings, tmp_path / "ENV1.bin", "ENV1")  # behind the bad records in their partitions
-    result = cli(settings, "run", "--until-idle", check=False, timeout=300)
+    result = cli(settings, "run", "--only", "demux,l0", "--until-idle", check=False, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     letters = [m for _, m in await read_all(settings, "tlm.deadletter")]
     for topic, where in (("tlm.sci", sci), ("downlink.raw", raw)):

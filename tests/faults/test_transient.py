@@ -48,7 +48,7 @@ async def test_broker_stopped_mid_contact_and_restarted(private_kafka, tmp_path:
     truth = simulate(settings, tmp_path, seed=41, contact="BROKER1", size="30MB", max_subarray=1024)
     (port,) = free_ports(1)
     log = tmp_path / "run.log"
-    proc = spawn_with(settings, "run", log=log, env={"DOWNLINK_METRICS_PORT": str(port)})
+    proc = spawn_with(settings, "run", "--only", "demux,l0", log=log, env={"DOWNLINK_METRICS_PORT": str(port)})
     feeder = spawn_with(settings, "ingest", str(tmp_path / "BROKER1.bin"), "--contact", "BROKER1",
                         "--rate", "8Mbps", log=tmp_path / "ingest.log")  # ~30 s of contact
     expected = {e["exposure_id"] for e in truth["exposures"]}
@@ -96,7 +96,7 @@ async def test_disk_full_pauses_then_finishes_when_space_returns(settings, topic
     ingest(settings, tmp_path / "FULL1.bin", "FULL1")
     (port,) = free_ports(1)
     log = tmp_path / "run.log"
-    proc = spawn_with(settings, "run", "--until-idle", log=log, env={"DOWNLINK_METRICS_PORT": str(port)})
+    proc = spawn_with(settings, "run", "--only", "demux,l0", "--until-idle", log=log, env={"DOWNLINK_METRICS_PORT": str(port)})
     try:
         await wait_for_log([log], "No space left on device", timeout=120)
         # while full: the run stays up and keeps pausing/retrying; what it leaves on disk is always
