@@ -102,7 +102,9 @@ class Rejected:
 class BatchResult:
     rejected: list[Rejected] = field(default_factory=list)
     products_added: int = 0
+    #: engineering samples in the batch, and how many of them were new rows (a replay adds none)
     samples_offered: int = 0
+    samples_added: int = 0
 
 
 class Catalogue:
@@ -213,7 +215,7 @@ class Catalogue:
                 await self._set_first_calibration(session, exposure, when)
         if eng_rows:
             result.samples_offered = len(eng_rows)
-            await insert_ignore(session, EngSample, eng_rows, ["parameter", "t"])
+            result.samples_added = await insert_ignore(session, EngSample, eng_rows, ["parameter", "t"])
         await session.commit()
         return result
 
@@ -351,15 +353,19 @@ async def relink_versions(session: AsyncSession, name: str) -> None:
 
 
 async def insert_ignore(session: AsyncSession, model: Any, rows: list[dict[str, Any]],
-                        keys: list[str], chunk: int = 5000) -> None:
-    """INSERT .. ON CONFLICT (keys) DO NOTHING, in batches, on SQLite or PostgreSQL."""
+                        keys: list[str], chunk: int = 5000) -> int:
+    """INSERT .. ON CONFLICT (keys) DO NOTHING, in batches, on SQLite or PostgreSQL; returns how many
+    rows were really inserted (RETURNING yields only those, so rows already there count 0)."""
     if session.bind.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
+    column = getattr(model, keys[0])
+    inserted = 0
     for i in range(0, len(rows), chunk):
-        stmt = insert(model).on_conflict_do_nothing(index_elements=keys)
-        await session.execute(stmt, rows[i:i + chunk])
+        stmt = insert(model).on_conflict_do_nothing(index_elements=keys).returning(column)
+        inserted += len((await session.execute(stmt, rows[i:i + chunk])).all())
+    return inserted
 
 
 def read_header(path: Path) -> dict[str, Any]:
