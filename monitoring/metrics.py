@@ -15,7 +15,44 @@ gauges for every service it runs.
 
 from __future__ import annotations
 
+import time
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import Any
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.samples import Sample
+
+
+class OwnedGauge(Gauge):
+    """A gauge without labels that exports no sample until it is first set.
+
+    Every process imports this module, so a plain label-less gauge would read 0
+    in every process, not only in the service that owns it: demux would report
+    ``downlink_realtime_mqtt_connected 0`` (MqttDisconnected) and
+    ``downlink_l2b_within_5_days_ratio 0`` (L2bSloAtRisk). An owned gauge appears
+    only once its owner set it, so a missing series means "its owner never set
+    it" (the live Prometheus test fails on that) and never a false 0.
+    """
+
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        self._touched = False
+
+    def set(self, value: float) -> None:
+        super().set(value)
+        self._touched = True
+
+    def inc(self, amount: float = 1) -> None:
+        super().inc(amount)
+        self._touched = True
+
+    def dec(self, amount: float = 1) -> None:
+        super().dec(amount)
+        self._touched = True
+
+    def _child_samples(self) -> Iterable[Sample]:
+        return super()._child_samples() if self._touched else ()
 
 PACKETS_IN = Counter("downlink_packets_total", "Packets decoded from the raw stream", ["apid", "source"])
 BYTES_IN = Counter("downlink_raw_bytes_total", "Raw contact bytes consumed by demux")
@@ -43,7 +80,7 @@ FAST_LANE_LATENCY = Histogram(
     "packets and alerts being sent on the fast lane",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-OPEN_EXPOSURES = Gauge("downlink_l0_open_exposures", "Exposures being assembled")
+OPEN_EXPOSURES = OwnedGauge("downlink_l0_open_exposures", "Exposures being assembled")
 L0_WRITTEN = Counter("downlink_l0_written_total", "L0 files written", ["status"])  # complete | partial
 L0_BYTES = Counter("downlink_l0_bytes_total", "Bytes written to L0 files")
 L0_REJECTED = Counter("downlink_l0_rejected_packets_total",
@@ -74,7 +111,7 @@ REALTIME_ALERTS_DROPPED = Counter("downlink_realtime_alerts_dropped_total",
                                   "Alerts dropped because the queue was full while the broker was away")
 REALTIME_LIMIT_TRANSITIONS = Counter("downlink_realtime_limit_transitions_total",
                                      "Limit state changes", ["level"])
-REALTIME_CONNECTED = Gauge("downlink_realtime_mqtt_connected", "1 while realtime is connected to the broker")
+REALTIME_CONNECTED = OwnedGauge("downlink_realtime_mqtt_connected", "1 while realtime is connected to the broker")
 REALTIME_LATENCY = Histogram(
     "downlink_rt_packet_to_mqtt_seconds", "Real-time packet received to its engineering value published on MQTT",
     buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -85,10 +122,13 @@ RECORDS_IN = Counter("downlink_records_in_total", "Kafka records a service consu
                      "advanced; a batch redone after an abort counts once)", ["service", "topic"])
 PARTITION_LAG = Gauge("downlink_partition_lag_messages", "Messages of one partition not yet consumed "
                       "by a service (last stable offset - position)", ["service", "topic", "partition"])
+# --- ingest ---------------------------------------------------------------------------------
+INGEST_FEEDS = Counter("downlink_ingest_feeds", "Ground-station feeds (TCP connections) ingest --listen "
+                       "finished, by how they ended", ["status"])  # ended | lost | failed
 # --- l0 ---------------------------------------------------------------------------------------
-OLDEST_OPEN_EXPOSURE_AGE = Gauge("downlink_l0_oldest_open_exposure_age_seconds",
+OLDEST_OPEN_EXPOSURE_AGE = OwnedGauge("downlink_l0_oldest_open_exposure_age_seconds",
                                  "Seconds since the oldest exposure still being assembled was opened "
-                                 "(0 when none is open)")
+                                 "(0 when none is open; set by l0 after every batch and tick)")
 # --- l1b and calibration ------------------------------------------------------------------------
 L1B_WRITTEN = Counter("downlink_l1b_written_total", "L1b (_uncal.fits) files written", ["priority"])
 CAL_PRODUCTS_WRITTEN = Counter("downlink_cal_products_written_total",
@@ -105,11 +145,12 @@ TOO_LATENCY_SECONDS = Histogram(
     "downlink_too_raw_to_l2a_seconds", "ToO exposure: raw chunk published to its L2a product written",
     buckets=(5, 10, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600),
 )
-L2B_WITHIN_5_DAYS = Gauge("downlink_l2b_within_5_days_ratio",
+L2B_WITHIN_5_DAYS = OwnedGauge("downlink_l2b_within_5_days_ratio",
                           "Share of the exposures (last 30 days) whose L2b was written within 5 days "
-                          "of their L0 (the calibration SLO; 1 = all)")
-ARCHIVE_RECORDS = Counter("downlink_archive_records_total", "Catalogue rows written by archive",
-                          ["kind"])  # product | engineering
+                          "of their L0 (the calibration SLO; 1 = all), from the archive catalogue; "
+                          "set by archive only")
+ARCHIVE_RECORDS = Counter("downlink_archive_records_total", "Catalogue rows archive inserted "
+                          "(a replayed record that inserts nothing counts 0)", ["kind"])  # product | engineering
 # --- real time --------------------------------------------------------------------------------
 MQTT_CONNECTED = REALTIME_CONNECTED
 RT_PACKET_TO_MQTT_SECONDS = REALTIME_LATENCY
@@ -117,11 +158,51 @@ RT_LAST_PACKET_AGE = Gauge("downlink_rt_last_packet_age_seconds",
                            "Seconds since the newest real-time packet of an APID (set at each heartbeat)",
                            ["apid"])
 # --- host -------------------------------------------------------------------------------------
-DATA_DISK_FREE_BYTES = Gauge("downlink_data_disk_free_bytes", "Free bytes on the data directory's file system")
-DATA_DISK_SIZE_BYTES = Gauge("downlink_data_disk_size_bytes", "Size of the data directory's file system")
+DATA_DISK_FREE_BYTES = OwnedGauge("downlink_data_disk_free_bytes", "Free bytes on the data directory's file system")
+DATA_DISK_SIZE_BYTES = OwnedGauge("downlink_data_disk_size_bytes", "Size of the data directory's file system")
 
 
-def serve(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> None:
-    """Serve /metrics on ``host:port`` (a daemon thread; port 0 disables)."""
-    if port:
-        start_http_server(port, addr=host, registry=registry)
+#: l0's open exposures as last seen: exposure id -> (the entry, when it was first seen open)
+_OPENED: dict[str, tuple[Any, float]] = {}
+
+
+def set_open_exposures(open_entries: Mapping[str, object], now: float | None = None) -> None:
+    """l0's open set: ``OPEN_EXPOSURES`` (how many) and ``OLDEST_OPEN_EXPOSURE_AGE`` (seconds since
+    the oldest of them was first seen open in this process; 0 when none is).
+
+    Called with the service's ``{exposure id: entry}`` after every batch and tick. An entry is
+    known by identity, so an exposure finished and opened again (its next version) starts a
+    new age.
+    """
+    now = time.monotonic() if now is None else now
+    seen: dict[str, tuple[Any, float]] = {}
+    for exposure_id, entry in open_entries.items():
+        known = _OPENED.get(exposure_id)
+        if known is not None and _same(known[0], entry):
+            seen[exposure_id] = known
+        else:
+            seen[exposure_id] = (_ref(entry), now)
+    _OPENED.clear()
+    _OPENED.update(seen)
+    OPEN_EXPOSURES.set(len(seen))
+    OLDEST_OPEN_EXPOSURE_AGE.set(max((now - t for _, t in seen.values()), default=0.0))
+
+
+def _ref(entry: object) -> Any:
+    try:
+        return weakref.ref(entry)
+    except TypeError:  # not weak-referenceable: remember its id
+        return id(entry)
+
+
+def _same(ref: Any, entry: object) -> bool:
+    return ref() is entry if isinstance(ref, weakref.ref) else ref == id(entry)
+
+
+def serve(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> Any:
+    """Serve /metrics on ``host:port`` (a daemon thread; port 0 disables). Returns the HTTP server
+    (``.shutdown()`` stops it) or None."""
+    if not port:
+        return None
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from typing import Any, ClassVar
 
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +32,10 @@ from streams.dictionary import load_dictionary
 from streams.messages import CalDone, DeadLetter, EngBatch, L0Ready
 
 log = logging.getLogger(__name__)
+
+#: seconds between recomputations of the 5-day share when no product arrives (exposures age out
+#: of their 5 days, or of the 30-day window, without news)
+SHARE_REFRESH_SECONDS = 60.0
 
 
 class ArchiveSink(SinkService):
@@ -48,12 +53,14 @@ class ArchiveSink(SinkService):
         self.engine = None
         self.sessions = None
         self.catalogue: Catalogue | None = None
+        self._share_at = 0.0
 
     async def open_sink(self) -> None:
         await asyncio.to_thread(db.migrate, self.settings)
         self.engine = db.async_engine(self.settings)
         self.sessions = db.sessionmaker(self.engine)
         self.catalogue = Catalogue(self.settings, load_dictionary(self.settings.dictionary_file))
+        await self._refresh_share()  # from the catalogue at once: the gauge exists from the start
 
     async def close_sink(self) -> None:
         if self.engine is not None:
@@ -72,20 +79,37 @@ class ArchiveSink(SinkService):
             if isinstance(exc, IntegrityError):  # another instance added the same row first: redo
                 raise db.CatalogueUnavailable(f"catalogue write conflict, redoing the batch: {exc}") from exc
             raise
+        # rows really inserted: a replayed batch (same products, same samples) counts nothing
         if result.products_added:
             metrics.ARCHIVE_RECORDS.labels("product").inc(result.products_added)
-        if result.samples_offered:
-            metrics.ARCHIVE_RECORDS.labels("engineering").inc(result.samples_offered)
+        if result.samples_added:
+            metrics.ARCHIVE_RECORDS.labels("engineering").inc(result.samples_added)
         if result.products_added:
-            async with self.sessions() as session:
-                metrics.L2B_WITHIN_5_DAYS.set(await l2b_within_5_days(session, db.utcnow()))
+            await self._refresh_share()
         if result.products_added or result.samples_offered:
             log.info("catalogue batch", extra={"records": len(records),
                                                "products": result.products_added,
-                                               "samples": result.samples_offered})
+                                               "samples": result.samples_offered,
+                                               "samples_new": result.samples_added})
         return [self.dead_letter_for(records[r.index].topic, records[r.index].tp, records[r.index],
                                      r.reason, **_exposure_field(records[r.index]))
                 for r in result.rejected]
+
+    async def tick(self) -> list[Output]:
+        if time.monotonic() - self._share_at >= SHARE_REFRESH_SECONDS:
+            try:
+                await self._refresh_share()
+            except Exception as exc:  # a database away: the next batch retries it the usual way
+                log.warning("5-day share not refreshed", extra={"error": repr(exc)})
+                self._share_at = time.monotonic()
+        return []
+
+    async def _refresh_share(self) -> None:
+        """Set L2B_WITHIN_5_DAYS from the catalogue (this service is its only owner)."""
+        assert self.sessions is not None
+        async with self.sessions() as session:
+            metrics.L2B_WITHIN_5_DAYS.set(await l2b_within_5_days(session, db.utcnow()))
+        self._share_at = time.monotonic()
 
 
 async def l2b_within_5_days(session, now: dt.datetime) -> float:

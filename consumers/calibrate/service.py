@@ -52,8 +52,6 @@ from streams.messages import CalDone, CalRequest, DeadLetter
 
 log = logging.getLogger(__name__)
 
-FIVE_DAYS = 5 * 86400.0
-WINDOW_30D = 30 * 86400.0
 MAX_ATTEMPTS = 3
 
 
@@ -94,7 +92,6 @@ class Calibrate(ConsumingService):
         self._pause: Any = None
         self._attempts: collections.Counter = collections.Counter()
         self._l3_pending: set[tuple[str, str]] = set()
-        self._sla: collections.deque = collections.deque()
         self._committed: dict[TopicPartition, int] = {}
         #: (exposure id, priority) in the order their work finished (tests and benchmarks read it)
         self.finished: list[tuple[str, str]] = []
@@ -251,10 +248,7 @@ class Calibrate(ConsumingService):
             metrics.L0_TO_L2B_SECONDS.labels(job.priority).observe(latency)
             if job.priority == "too":
                 metrics.TOO_LATENCY_SECONDS.observe(latency)
-            self._sla.append((now, latency <= FIVE_DAYS))
-            while self._sla and self._sla[0][0] < now - WINDOW_30D:
-                self._sla.popleft()
-            metrics.L2B_WITHIN_5_DAYS.set(sum(ok for _, ok in self._sla) / len(self._sla))
+            # the 5-day share (L2B_WITHIN_5_DAYS) is the archive's: it sees every exposure's L0 and L2b
 
     def _maybe_l3(self, req: CalRequest, result: dict[str, Any], job: Job) -> None:
         key = visit_key(req.exposure_id)

@@ -1,4 +1,12 @@
-"""TCP listener for ground-station feeds: one connection = one contact."""
+"""TCP listener for ground-station feeds: one connection = one contact.
+
+A listener is a long-lived service, so it serves Prometheus ``/metrics`` like
+the consumers do (``settings.metrics.port``, ``DOWNLINK_METRICS_PORT``;
+``downlink ingest --listen ... --metrics-port N``): ``downlink_consumer_up
+{service="ingest"}`` while it listens, the messages and bytes it produced
+(``downlink_messages_out_total`` / ``downlink_bytes_out_total``), and the feeds
+it finished by how they ended (``downlink_ingest_feeds_total{status}``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from core.errors import IngestError
 from core.settings import Settings
+from monitoring import metrics
 
 
 from consumers.ingest.publish import IngestResult, Progress, no_progress, started_producer, locate, publish
@@ -65,6 +74,7 @@ class IngestServer:
         self.results: list[IngestResult] = []
         self.address: tuple[str, int] | None = None
         self._server: asyncio.Server | None = None
+        self._metrics_server = None
         self._producer: AIOKafkaProducer | None = None
         self._tasks: set[asyncio.Task] = set()
         self._connections = 0  # ids handed out
@@ -102,6 +112,13 @@ class IngestServer:
             raise
         sockname = self._server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
+        try:
+            self._metrics_server = metrics.serve(self.settings.metrics.port, self.settings.metrics.host)
+        except OSError as exc:
+            await self.stop()
+            raise IngestError(f"cannot serve /metrics on {self.settings.metrics.host}:"
+                              f"{self.settings.metrics.port}: {exc}") from exc
+        metrics.CONSUMER_UP.labels("ingest").set(1)
         log.info("listening for ground-station feeds on %s:%d", *self.address)
 
     async def stop(self) -> None:
@@ -114,6 +131,12 @@ class IngestServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._producer is not None:
             await self._producer.stop()
+        if self.address is not None:
+            metrics.CONSUMER_UP.labels("ingest").set(0)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         if not self._done.done():
             self._done.cancel()
 
@@ -153,16 +176,19 @@ class IngestServer:
                 self.settings, self._producer, tp, contact, StreamSource(reader), resume, progress=progress
             )
             self.results.append(result)
+            metrics.INGEST_FEEDS.labels("ended").inc()
             log.info("%s", result.summary(), extra=extra)
             if self.on_result is not None:
                 self.on_result(result)
             if self.once and not self._done.done():
                 self._done.set_result(None)
         except ConnectionError as exc:
+            metrics.INGEST_FEEDS.labels("lost").inc()
             log.warning("feed connection lost (%s); contact left open for a resume", exc, extra=extra)
             if self.once and not self._done.done():
                 self._done.set_exception(IngestError(f"feed of contact {contact!r} lost: {exc}"))
         except Exception as exc:
+            metrics.INGEST_FEEDS.labels("failed").inc()
             log.error("ingest of feed failed: %s", exc, extra=extra)
             if self.once and not self._done.done():
                 self._done.set_exception(exc)

@@ -153,7 +153,7 @@ class L0Assembler(TransactionalService):
         self.contact_end = {k: v for k, v in self.contact_end.items()
                             if k[0] not in {tp.partition for tp in revoked}}
         self._disk_ok.clear()
-        metrics.OPEN_EXPOSURES.set(len(self.open))
+        metrics.set_open_exposures(self.open)  # and the oldest one's age
 
     async def close(self) -> None:
         for entry in self.open.values():
@@ -182,7 +182,7 @@ class L0Assembler(TransactionalService):
             entry = self.open.get(exposure_id)
             if entry is not None and entry.assembly.complete:
                 outputs += await self._finish(exposure_id)
-        metrics.OPEN_EXPOSURES.set(len(self.open))
+        metrics.set_open_exposures(self.open)  # and the oldest one's age
         return outputs
 
     def _add_records(self, records: list[Record], now: float, outputs: list[Output]) -> set[str]:
@@ -344,7 +344,7 @@ class L0Assembler(TransactionalService):
             contacts_over = bool(ends) and all(e is not None and now - e >= margin for e in ends)
             if contacts_over or now - entry.last_update >= self.settings.l0.quiet_seconds:
                 outputs += await self._finish(exposure_id)
-        metrics.OPEN_EXPOSURES.set(len(self.open))
+        metrics.set_open_exposures(self.open)  # and the oldest one's age
         if len(self.contact_end) > 10_000:  # bounded: forget the oldest ends
             keep = sorted(self.contact_end.items(), key=lambda kv: kv[1])[-5_000:]
             self.contact_end = dict(keep)

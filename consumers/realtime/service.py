@@ -177,6 +177,8 @@ class Realtime(SinkService):
         for topic, n in lag.items():
             metrics.CONSUMER_LAG.labels(self.name, topic).set(n)
         ages = self.board.stale.ages(time.monotonic())
+        for apid, age in ages.items():  # RealtimeTelemetryStale reads it
+            metrics.RT_LAST_PACKET_AGE.labels(str(apid)).set(age)
         p = self.publisher
         return {**self._status_base(), "online": True, "lag": lag, "lag_total": sum(lag.values()),
                 "last_packet_age_s": {f"0x{a:03x}": round(t, 3) for a, t in ages.items()},

@@ -79,6 +79,10 @@ def register(app: typer.Typer) -> None:
             None, "--listen", help="serve ground-station feeds on HOST:PORT; one connection = one contact"
         ),
         once: bool = typer.Option(False, "--once", help="with --listen: exit after the first connection ends"),
+        metrics_port: Optional[int] = typer.Option(
+            None, "--metrics-port", min=0, max=65535,
+            help="with --listen: serve Prometheus /metrics here [DOWNLINK_METRICS_PORT]",
+        ),
     ) -> None:
         """Publish a contact's raw stream to downlink.raw in chunks; re-running resumes, never duplicates."""
         from consumers.ingest import parse_rate, parse_size
@@ -91,6 +95,11 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("give either FILE or --listen HOST:PORT (not both)")
         if listen is None and once:
             raise typer.BadParameter("--once only applies to --listen", param_hint="--once")
+        if listen is None and metrics_port is not None:
+            raise typer.BadParameter("a file ingest ends by itself and serves no /metrics; --metrics-port "
+                                     "applies to --listen", param_hint="--metrics-port")
+        if metrics_port is not None:
+            settings = settings.replace(metrics_port=metrics_port)
         if listen is not None and rate is not None:
             raise typer.BadParameter("a TCP feed sets its own pace; --rate applies to files", param_hint="--rate")
         rate_bps = parse_rate(rate) if rate is not None else None

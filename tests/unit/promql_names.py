@@ -64,3 +64,19 @@ def exported_names() -> set[str]:
         else:
             names.add(n)
     return names
+
+
+def used_names() -> set[str]:
+    """Every metric name a rule or a dashboard panel reads."""
+    return {n for e in [*rule_exprs().values(), *dashboard_exprs().values()] for n in metric_names(e)}
+
+
+def used_gauges() -> set[str]:
+    """Gauges of monitoring/metrics.py that a rule or a dashboard reads: each must have a sample after
+    a real run (tests/integration/test_prometheus_live.py), or the rule or panel watches nothing."""
+    from prometheus_client import REGISTRY
+
+    import monitoring.metrics  # noqa: F401
+
+    gauges = {f.name for f in REGISTRY.collect() if f.type == "gauge" and f.name.startswith("downlink_")}
+    return gauges & used_names()

@@ -71,3 +71,22 @@ def test_queries_name_only_exported_metrics(source):
                if metric_names(e) - exported}
     assert unknown == {}, "queries name metrics monitoring/metrics.py does not define"
     assert all(metric_names(e) for e in exprs.values()), "an expression names no metric"
+
+
+def test_label_less_gauges_appear_only_once_their_owner_sets_them():
+    """Every process imports monitoring.metrics: a plain label-less gauge would read 0 in demux as in
+    its owner, and `downlink_realtime_mqtt_connected == 0` (MqttDisconnected) or
+    `downlink_l2b_within_5_days_ratio < 0.95` (L2bSloAtRisk) would fire from every process. So each is
+    an OwnedGauge: no sample until set."""
+    from prometheus_client import Gauge
+
+    from monitoring import metrics
+
+    label_less = [m for m in vars(metrics).values() if isinstance(m, Gauge) and not m._labelnames]
+    assert label_less, "no label-less gauge found"
+    for g in label_less:
+        assert isinstance(g, metrics.OwnedGauge), f"{g._name}: make it an OwnedGauge"
+    probe = metrics.OwnedGauge("downlink_probe_ratio", "an owned gauge of this test only", registry=None)
+    assert [s for f in probe.collect() for s in f.samples] == []
+    probe.set(0.5)
+    assert [s.value for f in probe.collect() for s in f.samples] == [0.5]
