@@ -1,4 +1,5 @@
-"""`downlink stack up | down | status | logs | fetch`: the local Kafka + Mosquitto (+ Prometheus)."""
+"""`downlink stack up | down | status | logs | fetch`: the local Kafka + Mosquitto (+ Prometheus,
++ PostgreSQL when asked with ``--with postgres`` or configured as the archive's database)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from rich.console import Console
 from rich.table import Table
 
 from downlink.cli import settings_of
-from downlink.stack.launcher import COMPONENTS, Stack
+from downlink.stack.launcher import COMPONENTS, ON_DEMAND, Stack
 
-stack_app = typer.Typer(no_args_is_help=True, help="Local stack: Kafka (KRaft), Mosquitto, Prometheus.")
+stack_app = typer.Typer(no_args_is_help=True,
+                        help="Local stack: Kafka (KRaft), Mosquitto, Prometheus (+ PostgreSQL on demand).")
 console = Console()
 
 
@@ -27,10 +29,19 @@ def up(
     ctx: typer.Context,
     timeout: float = typer.Option(120.0, help="seconds to wait for every component to be healthy"),
     only: Optional[str] = typer.Option(None, help=f"comma-separated subset of {','.join(COMPONENTS)}"),
+    extra: Optional[str] = typer.Option(
+        None, "--with", help=f"also start {','.join(sorted(ON_DEMAND))} (started anyway when "
+        "DOWNLINK_ARCHIVE_DATABASE_URL names a PostgreSQL server on 127.0.0.1)"),
 ) -> None:
-    """Start the stack (idempotent) and wait until Kafka and Mosquitto answer real requests."""
+    """Start the stack (idempotent) and wait until every component answers real requests."""
     settings = settings_of(ctx)
-    report = asyncio.run(Stack(settings, _components(only)).up(timeout=timeout))
+    extras = _components(extra) or []
+    bad = [n for n in extras if n not in ON_DEMAND]
+    if bad:
+        raise typer.BadParameter(f"{', '.join(bad)}: --with takes {', '.join(sorted(ON_DEMAND))} "
+                                 "(the rest is started by default)", param_hint="--with")
+    stack = Stack(settings, _components(only), extras=extras)
+    report = asyncio.run(stack.up(timeout=timeout))
     parts = []
     if report.started:
         parts.append(f"started {', '.join(report.started)}")
@@ -42,6 +53,14 @@ def up(
     )
     for name, reason in report.skipped.items():
         console.print(f"[yellow]skipped {name}[/yellow]: {reason}")
+    pg = next((c for c in stack.components if c.name == "postgres"), None)
+    if pg is not None and pg.name not in report.skipped:
+        url_file = pg.url_file  # type: ignore[attr-defined]
+        if stack.credentials is not None:
+            console.print(f"PostgreSQL on 127.0.0.1:{pg.ports[0]} serves DOWNLINK_ARCHIVE_DATABASE_URL")
+        else:
+            console.print(f"PostgreSQL on 127.0.0.1:{pg.ports[0]}; to archive there: "
+                          f'export DOWNLINK_ARCHIVE_DATABASE_URL="$(cat {url_file})"')
 
 
 @stack_app.command()
@@ -58,9 +77,11 @@ def down(ctx: typer.Context) -> None:
 
 @stack_app.command()
 def status(ctx: typer.Context) -> None:
-    """Table of components: pid, port, healthy or not. Exit code 1 if Kafka or Mosquitto is unhealthy."""
+    """Table of components: pid, port, healthy or not. Exit code 1 if Kafka, Mosquitto or a configured
+    PostgreSQL is unhealthy."""
     settings = settings_of(ctx)
-    rows = asyncio.run(Stack(settings).status())
+    stack = Stack(settings)
+    rows = asyncio.run(stack.status())
     table = Table(title=f"downlink stack ({settings.state_dir.resolve()})")
     for column in ("component", "state", "pid", "port", "healthy", "detail"):
         table.add_column(column)
@@ -70,7 +91,7 @@ def status(ctx: typer.Context) -> None:
             "[green]yes[/green]" if row.healthy else "[red]no[/red]", row.detail,
         )
     console.print(table)
-    required = [row for row in rows if row.name in ("kafka", "mosquitto")]
+    required = [row for row in rows if row.name in stack.required]
     if not all(row.healthy for row in required):
         raise typer.Exit(1)
 

@@ -1,1 +1,1 @@
-"""The local stack (Kafka KRaft, Mosquitto, optional Prometheus) as plain processes; see launcher.py."""
+"""The local stack (Kafka KRaft, Mosquitto, optional Prometheus, PostgreSQL on demand) as plain processes; see launcher.py."""

@@ -1,4 +1,4 @@
-"""What the launcher needs to know about one stack component (Kafka, Mosquitto, Prometheus)."""
+"""What the launcher needs to know about one stack component (Kafka, Mosquitto, Prometheus, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -52,3 +52,7 @@ class Component(ABC):
     @abstractmethod
     async def probe(self) -> str | None:
         """None when the server answers real requests, else why not."""
+
+    async def shutdown(self) -> None:
+        """Ask the server to stop by its own means, before ``down`` signals it (default: nothing;
+        raise StackError when that failed, and the signals follow)."""

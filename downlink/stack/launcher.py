@@ -2,10 +2,18 @@
 
 ``up`` returns only once every component answers real requests (Kafka:
 metadata and an admin request; Mosquitto: an MQTT connection on both
-listeners; Prometheus: /-/ready). It is idempotent: components already
-running from this state dir are left alone. ``down`` stops only processes
-recorded in ``<state_dir>/run/*.pid`` — never a process this launcher did not
-start, even if it holds our ports.
+listeners; Prometheus: /-/ready; PostgreSQL: a query in the archive's
+database). It is idempotent: components already running from this state dir
+are left alone. ``down`` stops only processes recorded in
+``<state_dir>/run/*.pid`` — never a process this launcher did not start, even
+if it holds our ports.
+
+PostgreSQL is started on demand: when asked (``up --with postgres``) or when
+the archive is configured for a PostgreSQL server on this machine
+(``DOWNLINK_ARCHIVE_DATABASE_URL=postgresql://USER:PASSWORD@127.0.0.1:PORT/DB``:
+the server then runs on that port with that role, password and database).
+Once running from this state dir it is part of ``status`` and ``down``
+whatever the settings.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from downlink.stack import kafka as kafka_mod
 from downlink.stack.component import Component
 from downlink.stack.kafka import Kafka
 from downlink.stack.mosquitto import Mosquitto
+from downlink.stack.postgres import Postgres, local_postgres
 from downlink.stack.process import (
     PidFile,
     PidRecord,
@@ -38,9 +47,20 @@ from downlink.stack.prometheus import Prometheus
 
 log = logging.getLogger(__name__)
 
-COMPONENTS: dict[str, type[Component]] = {"kafka": Kafka, "mosquitto": Mosquitto, "prometheus": Prometheus}
+COMPONENTS: dict[str, type[Component]] = {"kafka": Kafka, "mosquitto": Mosquitto, "prometheus": Prometheus,
+                                           "postgres": Postgres}
 #: started only when their binary exists (and their port is free); never fail `up`
 OPTIONAL = frozenset({"prometheus"})
+#: not part of the default stack: started when asked (``extras``, ``up --with``) or configured
+ON_DEMAND = frozenset({"postgres"})
+#: a stack is unusable without these (``stack status`` exits 1); a wanted on-demand one joins them
+REQUIRED = ("kafka", "mosquitto")
+
+
+def configured(settings: Settings) -> set[str]:
+    """On-demand components the settings ask for: PostgreSQL when the archive's database URL
+    names a PostgreSQL server on this machine."""
+    return {"postgres"} if local_postgres(settings.archive.database_url.reveal()) else set()
 
 
 @dataclass(frozen=True)
@@ -70,14 +90,39 @@ class UpReport:
 class Stack:
     """The local stack of one state dir."""
 
-    def __init__(self, settings: Settings, components: Sequence[str] | None = None) -> None:
-        names = list(components) if components is not None else list(COMPONENTS)
-        unknown = [n for n in names if n not in COMPONENTS]
+    def __init__(self, settings: Settings, components: Sequence[str] | None = None,
+                 extras: Sequence[str] = ()) -> None:
+        """``components``: exactly these; default: Kafka, Mosquitto, Prometheus, plus the on-demand
+        ones in ``extras``, configured (:func:`configured`) or running from this state dir."""
+        unknown = [n for n in [*(components or ()), *extras] if n not in COMPONENTS]
         if unknown:
             raise StackError(f"unknown stack component(s) {unknown}; choose from {', '.join(COMPONENTS)}")
+        pg = local_postgres(settings.archive.database_url.reveal())
+        if pg is not None and pg.port and pg.port != settings.stack.postgres_port:
+            settings = settings.replace(stack_postgres_port=pg.port)  # where the archive will look
         self.settings = settings
+        self.credentials = pg
         self.run_dir = settings.state_dir.resolve() / "run"
-        self.components: list[Component] = [COMPONENTS[n](settings) for n in names]
+        if components is not None:
+            names = list(dict.fromkeys([*components, *extras]))
+            wanted = set(names)
+        else:
+            wanted = set(extras) | configured(settings)
+            names = [n for n in COMPONENTS if n not in ON_DEMAND
+                     or n in wanted or PidFile(self.run_dir, n).running() is not None]
+        #: on-demand components asked for or configured (not merely found running)
+        self.wanted = [n for n in names if n in ON_DEMAND and n in wanted]
+        self.components: list[Component] = [self._make(n) for n in names]
+
+    def _make(self, name: str) -> Component:
+        if name == "postgres":
+            return Postgres(self.settings, credentials=self.credentials)
+        return COMPONENTS[name](self.settings)
+
+    @property
+    def required(self) -> list[str]:
+        """Components whose health ``stack status`` answers for with its exit code."""
+        return [*REQUIRED, *self.wanted]
 
     def pid_file(self, component: Component) -> PidFile:
         return PidFile(self.run_dir, component.name)
@@ -87,7 +132,7 @@ class Stack:
             if comp.name == name:
                 return comp
         if name in COMPONENTS:
-            return COMPONENTS[name](self.settings)
+            return self._make(name)
         raise StackError(f"unknown stack component {name!r}; choose from {', '.join(COMPONENTS)}")
 
     # -- up -------------------------------------------------------------------------------
@@ -182,6 +227,11 @@ class Stack:
 
     # -- down -----------------------------------------------------------------------------
     async def _stop(self, comp: Component, record: PidRecord) -> bool:
+        if alive(record):
+            try:
+                await comp.shutdown()  # the server's own way first (PostgreSQL: pg_ctl stop -m fast)
+            except StackError as exc:
+                log.warning("shutdown refused; signalling", extra={"component": comp.name, "error": str(exc)})
         killed = await stop(record, comp.grace)
         if alive(record):
             raise StackError(f"{comp.name} (pid {record.pid}) survived SIGKILL; check `ps -p {record.pid}`")
