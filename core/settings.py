@@ -76,6 +76,9 @@ class KafkaSettings:
     #: first and largest pause between retries of a retriable failure (broker down, disk full)
     retry_backoff_seconds: float = _n(0.5, gt=0)
     retry_backoff_max_seconds: float = _n(10.0, gt=0)
+    #: consumed bytes of processed batches that may wait for the transaction in flight; they ride
+    #: the next transaction together (group commit), so a slow commit does not stall processing
+    commit_queue_bytes: int = _n(32 << 20, gt=0)
 
 
 @dataclass(frozen=True)

@@ -138,7 +138,8 @@ class Demux(TransactionalService):
         end: Emitted = self.router.end_batch()
         sent += await self._send_fast(end, 0)
         if sent:
-            await asyncio.gather(*sent)  # acknowledged before the offsets can commit
+            # acknowledged before the batch's offsets commit, without holding up the next batch
+            self.defer_durable(asyncio.ensure_future(asyncio.gather(*sent)))
         return bulk + end.bulk
 
     async def _send_fast(self, emitted: Emitted, raw_ts: int) -> list[asyncio.Future]:

@@ -123,6 +123,16 @@ class Fence:
             "committed, the batch is redone after the group is rejoined")
 
 
+def bound_generation() -> int | None:
+    """The generation the current batch was processed under (None outside a batch)."""
+    return _BATCH_GENERATION.get()
+
+
+def bind_generation(generation: int | None) -> None:
+    """Make the checks of the current task refuse any generation but ``generation``."""
+    _BATCH_GENERATION.set(generation)
+
+
 def fence_of(service: Any) -> Fence:
     fence = service.__dict__.get("_fence")
     if fence is None:

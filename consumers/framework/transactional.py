@@ -11,7 +11,16 @@ Commit order of every batch:
 4. commit the transaction.
 
 Readers use ``read_committed``, so a crash anywhere before step 4 leaves no
-visible output and the batch is processed again. The transactional id is
+visible output and the batch is processed again.
+
+Group commit: while a transaction is in flight the batch loop goes on
+fetching and processing; batches processed meanwhile queue up (bounded by
+``kafka.commit_queue_bytes`` of consumed bytes) and commit together in the
+next transaction, in order, with the offsets of the last of them. So a slow
+commit (a loaded broker) never holds back processing — the real-time fast
+lane of demux depends on that — and small batches cost no extra
+transactions. Batches read under different group generations never share a
+transaction. The transactional id is
 stable per (service, instance): a restarted instance fences its dead
 predecessor at once.
 
@@ -32,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -57,6 +67,17 @@ def is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, (asyncio.TimeoutError, ConnectionError))
 
 
+@dataclass(frozen=True)
+class _Queued:
+    """A processed batch waiting for its transaction."""
+
+    outputs: list[Output]
+    offsets: dict[TopicPartition, int]
+    durable: list[asyncio.Future]
+    generation: int | None
+    size: int
+
+
 class TransactionalService(ConsumingService):
     """Base of demux, l0, l1b: ``process`` a batch, return outputs; the base commits them."""
 
@@ -65,8 +86,11 @@ class TransactionalService(ConsumingService):
 
     def __init__(self, settings, **kw: Any) -> None:
         super().__init__(settings, **kw)
+        #: the commit chain in flight: commits queued batches until the queue is empty
         self._pending: asyncio.Task | None = None
         self._durable: list[asyncio.Future] = []
+        self._queue: list[_Queued] = []
+        self._queued_bytes = 0
         self._failures = 0
 
     # lifecycle -------------------------------------------------------------------------------
@@ -92,8 +116,8 @@ class TransactionalService(ConsumingService):
         try:
             while not self._stopping.is_set():
                 try:
-                    await self._one_batch()
-                    self._failures = 0
+                    if await self._one_batch():
+                        self._failures = 0  # the backoff grows until a batch really commits again
                 except asyncio.CancelledError:
                     raise
                 except BaseException as exc:
@@ -114,8 +138,11 @@ class TransactionalService(ConsumingService):
             if self._pending is not None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.shield(self._pending)
+            await self._discard_queue()
 
-    async def _one_batch(self) -> None:
+    async def _one_batch(self) -> bool:
+        """One fetch, processed and queued for commit; True once a commit of earlier batches succeeded."""
+        committed = self._reap()
         got = await self.fetch()
         async with self._batch_lock:
             if self._assign_error is not None:
@@ -129,15 +156,68 @@ class TransactionalService(ConsumingService):
                 outputs += await self.process(records)
             await fencing.check(self, "tick")
             outputs += await self.tick()
-            await self.drain()
             if self._stale:
                 self._stale = False
+                await self.drain()
                 raise StorageError("a rebalance revoked partitions of the batch in flight")
             if got or outputs:
                 self.last_activity = time.monotonic()
-                offsets = self.commit_offsets({tp: recs[-1].offset + 1 for tp, recs in got})
+                size = sum(len(r.value or b"") for _, recs in got for r in recs)
+                # queued and in-flight batches hold at most commit_queue_bytes (one batch always fits)
+                while self._queued_bytes and self._queued_bytes + size > self.settings.kafka.commit_queue_bytes:
+                    if self._pending is None:
+                        self._pending = asyncio.create_task(self._commit_chain())
+                    committed |= await self._wait_chain()  # bounded memory: wait for the commit in flight
                 durable, self._durable = self._durable, []
-                self._pending = asyncio.create_task(self._commit(outputs, offsets, durable))
+                self._queue.append(_Queued(
+                    outputs, self.commit_offsets({tp: recs[-1].offset + 1 for tp, recs in got}),
+                    durable, fencing.bound_generation(), size))
+                self._queued_bytes += size
+                if self._pending is not None and self._pending.done():
+                    committed |= self._reap()  # the chain ended while this batch was processed
+                if self._pending is None:
+                    self._pending = asyncio.create_task(self._commit_chain())
+        return committed
+
+    def _reap(self) -> bool:
+        """Collect a finished commit chain (re-raising its failure)."""
+        task = self._pending
+        if task is None or not task.done():
+            return False
+        self._pending = None
+        task.result()
+        return True
+
+    async def _wait_chain(self) -> bool:
+        if self._pending is not None:
+            await asyncio.wait({self._pending})
+        return self._reap()
+
+    async def _commit_chain(self) -> None:
+        """Commit queued batches, oldest first, merged while they share a generation."""
+        while self._queue:
+            head = self._queue[0].generation
+            n = next((i for i, q in enumerate(self._queue) if q.generation != head), len(self._queue))
+            batch, self._queue = self._queue[:n], self._queue[n:]
+            outputs = [o for q in batch for o in q.outputs]
+            offsets: dict[TopicPartition, int] = {}
+            for q in batch:
+                offsets.update(q.offsets)  # the last batch's offsets win, as with commits one by one
+            durable = [d for q in batch for d in q.durable]
+            fencing.bind_generation(head)
+            try:
+                await self._commit(outputs, offsets, durable)
+            except BaseException:
+                self._queue = batch + self._queue  # the recovery discards them, awaiting their writes
+                raise
+            self._queued_bytes -= sum(q.size for q in batch)
+
+    async def _discard_queue(self) -> None:
+        """Drop batches that will not commit; their file writes are awaited (and their errors read)."""
+        durable = [d for q in self._queue for d in q.durable] + self._durable
+        self._queue, self._queued_bytes, self._durable = [], 0, []
+        if durable:
+            await asyncio.gather(*durable, return_exceptions=True)
 
     async def _recover(self, exc: BaseException) -> None:
         """Abort, rebuild the producer, rewind to committed offsets, reload state, after a backoff."""
@@ -148,11 +228,11 @@ class TransactionalService(ConsumingService):
         metrics.RETRIES.labels(self.name, "disk_full" if disk_full else type(exc).__name__[:40]).inc()
         log.warning("batch failed; retrying from the last commit", extra={
             "service": self.name, "error": repr(exc), "attempt": self._failures, "backoff_s": delay})
-        self._durable.clear()
         pending, self._pending = self._pending, None
         if pending is not None:
             with contextlib.suppress(BaseException):
                 await pending
+        await self._discard_queue()
         if self.producer is not None:
             with contextlib.suppress(Exception):
                 await self.producer.stop()
@@ -171,10 +251,9 @@ class TransactionalService(ConsumingService):
         self._durable.append(work)
 
     async def drain(self) -> None:
-        """Wait for the transaction in flight (re-raising its failure)."""
-        if self._pending is not None:
-            task, self._pending = self._pending, None
-            await task
+        """Wait until every queued batch is committed (re-raising a commit's failure)."""
+        while self._pending is not None:
+            await self._wait_chain()
 
     async def _commit(self, outputs: list[Output], offsets: dict[TopicPartition, int],
                       durable: list[asyncio.Future] | None = None) -> None:
@@ -218,6 +297,6 @@ class TransactionalService(ConsumingService):
     async def caught_up(self) -> bool:
         if self._batch_lock.locked():
             return False  # a fetched batch is being processed: positions are at the end, outputs not yet
-        if self._pending is not None and not self._pending.done():
+        if self._queue or (self._pending is not None and not self._pending.done()):
             return False
         return await super().caught_up()
