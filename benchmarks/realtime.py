@@ -15,7 +15,8 @@ ingested paced at that rate (28 Mbit/s):
 
 It also reports demux's share (raw chunk produced -> its ``tlm.eng.realtime``
 record appended by the broker: the topic is switched to LogAppendTime for the
-run) and the raw partition of each contact.
+run), realtime's share (that append -> the packet's MQTT message) and the raw
+partition of each contact.
 
 Keys: ``p50_ms``, ``p95_ms``, ``p99_ms`` (alone), ``p99_ms_under_load`` and
 ``p50_ms_under_load`` (goal p99 under load < 100 ms). The topics and MQTT
@@ -125,18 +126,29 @@ async def _log_append_time(settings: Settings, topic: str) -> None:
         await admin.close()
 
 
-async def _fast_lane_ms(settings: Settings) -> dict[str, dict[str, float | int]]:
-    """Per probe contact: raw chunk produced -> its tlm.eng.realtime record appended by the broker
-    (demux's share, its producer included)."""
+async def _fast_lane_ms(settings: Settings, probe: Probe) -> dict[str, dict[str, dict[str, float | int]]]:
+    """Per probe contact, per packet: raw chunk produced -> its ``tlm.eng.realtime`` record appended
+    by the broker (demux's share, its producer included) and that append -> the packet's first
+    MQTT message at the subscriber (realtime's share: fetch, decommutation, limits, MQTT)."""
+    from streams.decoder import PacketIndex
     from streams.kafka import read_to_end
     from streams.messages import EngBatch
 
-    ms: dict[str, list[float]] = {"RTA": [], "RTB": []}
+    demux: dict[str, list[float]] = {"RTA": [], "RTB": []}
+    realtime: dict[str, list[float]] = {"RTA": [], "RTB": []}
     async for rec in read_to_end(settings, "tlm.eng.realtime"):
         b = EngBatch.decode(rec.value)
-        if b.contact in ms and b.raw_ts:
-            ms[b.contact].append(rec.timestamp - b.raw_ts)
-    return {c: _stats(np.array(v)) for c, v in ms.items()}
+        if b.contact not in demux or not b.raw_ts:
+            continue
+        demux[b.contact].append(rec.timestamp - b.raw_ts)
+        index = PacketIndex.from_bytes(b.index)
+        ticks = (index.coarse.astype(np.int64) << 16) | index.fine.astype(np.int64)
+        for tai in (ticks / 65536.0).tolist():
+            got = probe.first.get((b.contact, b.apid, tai))
+            if got is not None:
+                realtime[b.contact].append(got[0] * 1000.0 - rec.timestamp)
+    return {c: {"demux": _stats(np.array(demux[c])), "realtime": _stats(np.array(realtime[c]))}
+            for c in demux}
 
 
 def _stats(ms: np.ndarray) -> dict[str, float | int]:
@@ -194,7 +206,7 @@ async def arun(settings: Settings, probe_mb: int = 60, bulk_mb: int = 400) -> di
             assert await bulk == 0
             await probe.settle("RTB", expected["RTB"])
             loaded = _stats(probe.latencies_ms("RTB"))
-            lane = await _fast_lane_ms(settings)
+            lane = await _fast_lane_ms(settings, probe)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -212,7 +224,8 @@ async def arun(settings: Settings, probe_mb: int = 60, bulk_mb: int = 400) -> di
         "p99_ms_under_load": loaded.get("p99_ms"), "p50_ms_under_load": loaded.get("p50_ms"),
         "p95_ms_under_load": loaded.get("p95_ms"),
         "alone": alone, "under_load": loaded, "goal_p99_ms_under_load": 100,
-        "raw_to_tlm_eng_realtime": {"alone": lane["RTA"], "under_load": lane["RTB"]},
+        "raw_to_tlm_eng_realtime": {"alone": lane["RTA"]["demux"], "under_load": lane["RTB"]["demux"]},
+        "tlm_eng_realtime_to_mqtt": {"alone": lane["RTA"]["realtime"], "under_load": lane["RTB"]["realtime"]},
         "raw_partitions": {c: partition_for(c, range(specs["downlink.raw"].partitions))
                            for c in ("RTA", "RTB", "BULK")},
         "realtime_packets": expected,
