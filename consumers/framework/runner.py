@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 
@@ -62,14 +63,33 @@ async def run_services(settings: Settings, names: list[str], *, until_idle: bool
     metrics.serve(settings.metrics.port, settings.metrics.host)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():  # a second signal: the operator does not want to wait for a clean stop
+            log.error("second signal; exiting now without a clean stop", extra={"signal": sig.name})
+            os._exit(128 + sig.value)
+        log.info("signal received; stopping (a second one exits at once)", extra={"signal": sig.name})
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
     started: list[Service] = []
     status = 0
+    grace = settings.kafka.revoke_timeout_seconds
     try:
         for s in services:
-            await s.start()
+            # a stop asked while a service starts (Kafka unreachable, state loading) is not deferred
+            starting = asyncio.create_task(s.start(), name=f"start:{s.name}")
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                log.info("stopped while starting", extra={"service": s.name})
+                return status
+            starting.result()
             started.append(s)
         tasks = {asyncio.create_task(s.run(), name=f"service:{s.name}") for s in services}
         waiters = {asyncio.create_task(stop.wait(), name="signal"),
@@ -88,13 +108,22 @@ async def run_services(settings: Settings, names: list[str], *, until_idle: bool
         # graceful first: each loop finishes its unit of work; then whatever is left is cancelled
         for s in services:
             await s.request_stop()
-        _, late = await asyncio.wait(tasks, timeout=settings.kafka.revoke_timeout_seconds)
+        _, late = await asyncio.wait(tasks, timeout=grace)
         for task in late | waiters:
             task.cancel()
-        await asyncio.gather(*tasks, *waiters, return_exceptions=True)
+        ended, _ = await asyncio.wait(tasks | waiters, timeout=grace)  # one stuck in its cleanup is left
+        for task in ended:
+            if not task.cancelled():
+                task.exception()  # read (logged above when it mattered)
     finally:
         for s in reversed(started):
-            await s.stop()
+            # closing clients flushes what they hold: bounded, a broker that is away cannot hold the exit
+            try:
+                await asyncio.wait_for(s.stop(), grace)
+            except asyncio.TimeoutError:
+                log.warning("service did not stop in time; exiting without waiting for it",
+                            extra={"service": s.name, "seconds": grace})
+                status = status or 1
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError, RuntimeError):
                 loop.remove_signal_handler(sig)
