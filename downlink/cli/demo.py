@@ -5,11 +5,16 @@ services is one line naming them (a service not registered yet is skipped
 and said so). Every log record goes to a file whose path is printed first;
 the terminal shows only the stage displays and, at the end, the summary
 tables, with warnings counted by message instead of printed one by one.
+The last stage gives an astronomer access: a user who is a member of the
+contact's programs, with a token; the summary ends with that token and the
+queries (curl and ``downlink archive``) that fetch the products with it, after
+checking through the API that the token sees them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -19,7 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -32,6 +37,10 @@ from downlink.cli import settings_of
 from downlink.logs import KeyValueFormatter
 
 FAULTS = "drop=0.0005,dup=0.0005,reorder=4,corrupt=0.0002,garbage=0.0002,wrap"
+#: the archive user the demo creates (a member of the contact's programs, not staff)
+DEMO_USER = "astronomer"
+#: levels an astronomer fetches, most processed first (L0 is staff only)
+USER_LEVELS = ("L2b", "L2a", "L1b", "L3")
 
 
 class DemoFailed(Exception):
@@ -47,6 +56,24 @@ class WarningTally(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.counts[(record.levelname.lower(), record.name, record.getMessage())] += 1
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """Point file descriptor 2 at ``path`` (appending) while the stages run: what child processes
+    write there (calibration workers start as fresh interpreters, without our log handlers; native
+    libraries) lands in the log file, never between the stage displays. Restored after."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
 
 
 def log_to_file(path: Path, level: str) -> WarningTally:
@@ -77,6 +104,8 @@ class Demo:
     results: list[tuple[str, float, str]] = field(default_factory=list)
     status: int = 0
     verification: Any = None
+    #: the access stage's result: user, token, programs, products the token sees, an example product
+    access: Optional["Access"] = None
 
     @property
     def raw(self) -> Path:
@@ -87,8 +116,20 @@ class Demo:
         return self.work / f"{self.contact}.truth.json"
 
     def progress(self, *columns: Any) -> Progress:
+        # stderr stays fd 2 (the log file while the stages run), not a proxy onto the display
         return Progress(SpinnerColumn(), TextColumn("[bold]{task.description:<10}"), *columns,
-                        TimeElapsedColumn(), console=self.console, transient=False)
+                        TimeElapsedColumn(), console=self.console, transient=False, redirect_stderr=False)
+
+
+@dataclass(frozen=True)
+class Access:
+    user: str
+    token: str
+    programs: list[int]
+    #: products the token sees through the API, by level
+    visible: dict[str, int]
+    #: one of them (the most processed level), for the example queries; None if none is visible
+    example: Optional[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -137,6 +178,7 @@ async def simulate_step(demo: Demo) -> str:
             bar.update(task, completed=done, total=max(total, done))
 
         result = await asyncio.to_thread(simulate, options, demo.raw, demo.truth, None, tick)
+        bar.update(task, completed=result.bytes, total=result.bytes)  # the target is approximate
     doc = result.truth
     kinds = Counter(f["type"] for f in doc["faults"])
     return (f"{result.bytes / 1e6:,.0f} MB, {len(doc['exposures'])} exposures, faults "
@@ -251,6 +293,53 @@ async def refs_step(demo: Demo) -> str:
     return f"context for {', '.join(detectors)} in {demo.settings.calibrate.refs_dir}"
 
 
+async def access_step(demo: Demo) -> str:
+    """A user in the contact's programs with a new token, and what that token sees through the API."""
+    import httpx
+
+    from consumers.archive import db
+    from consumers.archive.admin import Admin
+    from consumers.archive.api.app import create_app
+
+    programs = sorted({int(e["exposure_id"][2:7]) for e in json.loads(demo.truth.read_text())["exposures"]})
+    with demo.progress(TextColumn("{task.fields[note]}")) as bar:
+        task = bar.add_task("access", total=None, note=f"user {DEMO_USER} in programs "
+                            + ", ".join(str(p) for p in programs))
+
+        def add_user() -> str:
+            db.migrate(demo.settings)
+            with Admin(demo.settings) as admin:
+                return admin.add_user(DEMO_USER, programs)
+
+        token = await asyncio.to_thread(add_user)
+        bar.update(task, note="asking the archive API what the token sees")
+        app = create_app(demo.settings)
+        products: list[dict[str, Any]] = []
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://archive",
+                                         headers={"Authorization": f"Bearer {token}"}) as client:
+                offset = 0
+                while True:
+                    r = await client.get("/api/v1/products", params={"limit": 1000, "offset": offset})
+                    if r.status_code != 200:
+                        raise DemoFailed(f"access: the archive API answered {r.status_code}: {r.text[:200]}")
+                    page = r.json()
+                    products += page["products"]
+                    offset += len(page["products"])
+                    if not page["products"] or offset >= page["total"]:
+                        break
+        finally:
+            await app.state.archive.close()
+        visible = dict(sorted(Counter(p["level"] for p in products).items()))
+        ranked = sorted(products, key=lambda p: (USER_LEVELS.index(p["level"]) if p["level"] in USER_LEVELS
+                                                 else len(USER_LEVELS), p["id"]))
+        demo.access = Access(DEMO_USER, token, programs, visible, ranked[0] if ranked else None)
+        text = (f"user {DEMO_USER} (programs {', '.join(str(p) for p in programs)}) sees "
+                + (", ".join(f"{n} {level}" for level, n in visible.items()) or "no product yet"))
+        bar.update(task, total=1, completed=1, note=text)
+    return text
+
+
 #: the demo, in order; a service stage is one line (services not registered yet are skipped)
 STAGES: tuple[Stage, ...] = (
     Stage("stack", "start the local stack and create the topics", step=stack_step),
@@ -261,6 +350,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("refs", "reference files for calibration", step=refs_step, needs=("calibrate",)),
     Stage("calibrate", "L1b and calibration until idle", services=("l1b", "calibrate")),
     Stage("archive", "catalogue the products", services=("archive",)),
+    Stage("access", "an astronomer's user and token; what it sees through the API", step=access_step,
+          needs=("archive", "api")),
 )
 
 
@@ -305,6 +396,35 @@ def l0_table(demo: Demo, limit: int = 25) -> Table:
     if len(manifests) > limit:
         t.caption = f"{demo.settings.data_dir}: {len(manifests) - limit} more not shown (partial ones first)"
     return t
+
+
+def access_lines(demo: Demo) -> list[str]:
+    """The token and the queries that fetch the demo's products with it (copy and paste)."""
+    a = demo.access
+    if a is None:
+        return []
+    s = demo.settings
+    base = f"http://{s.archive.api_host}:{s.archive.api_port}"
+    dl = f"downlink --data-dir {Path(s.data_dir).absolute()}"
+    program = int(a.example["id"][2:7]) if a.example else (a.programs[0] if a.programs else 1)
+    lines = [f"Your products: user {a.user} (programs {', '.join(map(str, a.programs))}), "
+             f"archive token (shown once; `downlink users token {a.user}` makes another):",
+             f"  {a.token}",
+             "Start the archive API (it reads the demo's catalogue), then ask it:",
+             f"  {dl} serve &",
+             f"  export DOWNLINK_TOKEN={a.token}",
+             f"  curl -s -H \"Authorization: Bearer $DOWNLINK_TOKEN\" '{base}/api/v1/products?program={program}"
+             + (f"&level={a.example['level']}'" if a.example else "'")]
+    if a.example is not None:
+        pid = a.example["id"]
+        lines += [f"  curl -s -H \"Authorization: Bearer $DOWNLINK_TOKEN\" {base}/api/v1/products/{pid}",
+                  f"  curl -OJ -H \"Authorization: Bearer $DOWNLINK_TOKEN\" {base}/api/v1/products/{pid}/file"]
+    lines += ["The same with the archive client (it reads DOWNLINK_TOKEN):",
+              f"  {dl} archive search --program {program}"
+              + (f" --level {a.example['level']}" if a.example else "")]
+    if a.example is not None:
+        lines.append(f"  {dl} archive get {a.example['id']}")
+    return lines
 
 
 def warnings_table(demo: Demo, tally: WarningTally, limit: int = 10) -> Table:
@@ -357,6 +477,11 @@ async def run_demo(demo: Demo, tally: WarningTally, skip: frozenset[str] = froze
     console.print(await accounting_table(demo))
     console.print(l0_table(demo))
     console.print(warnings_table(demo, tally))
+    lines = access_lines(demo)
+    if lines:
+        console.print()
+        for line in lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     return demo.status
 
 
@@ -382,10 +507,18 @@ def register(app: typer.Typer) -> None:
         unknown = skipped - {s.name for s in STAGES}
         if unknown:
             raise typer.BadParameter(f"no stage {', '.join(sorted(unknown))}", param_hint="--skip")
-        # idle 5 s: a service whose current batch takes longer than the idle time looks caught up
-        # while it works (its outputs are not visible yet), and --until-idle would end too early
+        # --until-idle can end while a sink's last batch is still being handled: a sink (archive)
+        # reads as caught up once getmany returned its batch (positions at the end; the framework's
+        # ConsumingService.caught_up does not look at the sink's batch lock), so a catalogue batch
+        # longer than run.idle_seconds (hashing and storing a few hundred products: ~10 s for 1 GB)
+        # looks idle. The runner then stops gracefully and waits kafka.revoke_timeout_seconds for
+        # the batch in flight before cancelling it. Workaround here: idle 5 s, and a graceful stop
+        # that waits long enough for any batch (nothing else is in flight once positions are at the
+        # end, so waiting for that batch is waiting for the stage's work)
         changes: dict[str, Any] = {"metrics_sample_seconds": 0.5,
-                                   "run_idle_seconds": max(base.run.idle_seconds, 5.0)}
+                                   "run_idle_seconds": max(base.run.idle_seconds, 5.0),
+                                   "kafka_revoke_timeout_seconds": max(base.kafka.revoke_timeout_seconds,
+                                                                       600.0)}
         if "DOWNLINK_DATA_DIR" not in os.environ:
             changes["data_dir"] = work / "data"
         if "DOWNLINK_CALIBRATE_REFS_DIR" not in os.environ:
@@ -395,7 +528,8 @@ def register(app: typer.Typer) -> None:
         settings = base.replace(**changes)
         contact = contact or time.strftime("DEMO%Y%m%d%H%M%S", time.gmtime())
         work.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(settings.data_dir, ignore_errors=True)  # a fresh product folder each time
+        if "data_dir" in changes:  # the demo's own product folder: a fresh one each time
+            shutil.rmtree(settings.data_dir, ignore_errors=True)
         log_file = (work / f"{contact}.log").absolute()
         console = Console()
         console.print(f"[bold]downlink demo[/]: contact {contact}, {size}, seed {seed}; "
@@ -403,10 +537,15 @@ def register(app: typer.Typer) -> None:
         tally = log_to_file(log_file, base.log_level)
         demo = Demo(settings, console, work, log_file, contact, size, seed, faults)
         try:
-            status = asyncio.run(run_demo(demo, tally, skipped))
+            with stderr_to(log_file):
+                status = asyncio.run(run_demo(demo, tally, skipped))
         except DemoFailed as exc:
             _wide(console).print(f"[red]demo failed[/]: {exc}")
             _wide(console).print(warnings_table(demo, tally))
+            raise typer.Exit(1) from None
+        except Exception as exc:  # a bug: the traceback is in the log, the terminal gets one line
+            logging.getLogger(__name__).exception("demo failed")
+            _wide(console).print(f"[red]demo failed[/]: {exc!r}; the traceback is in {log_file}")
             raise typer.Exit(1) from None
         wide = _wide(console)
         wide.print(f"\nThe stack is still up: `downlink status` shows it, `downlink stack down` stops it.")
