@@ -330,10 +330,15 @@ async def locate(settings: Settings, contact: str) -> tuple[TopicPartition, Resu
         await consumer.stop()
 
 
-async def started_producer(settings: Settings) -> AIOKafkaProducer:
+async def started_producer(settings: Settings, *, live: bool = False) -> AIOKafkaProducer:
     """The shared producer, bulk-path compression (none by default): raw telemetry
-    compresses ~1.1:1 (docs/domain.md), so lz4/zstd would only burn event-loop CPU on every chunk."""
-    producer = make_producer(settings, compression_type=settings.compression_type(bulk=True))
+    compresses ~1.1:1 (docs/domain.md), so lz4/zstd would only burn event-loop CPU on every chunk.
+
+    ``live`` (a feed arriving at the link rate: paced files, the TCP listener) sends each chunk
+    at once: the factory's 20 ms linger, which fills requests on an unpaced dump, would only
+    delay every real-time packet by 20 ms."""
+    producer = make_producer(settings, compression_type=settings.compression_type(bulk=True),
+                             **({"linger_ms": 0} if live else {}))
     await start_client(settings, producer)
     return producer
 
@@ -359,7 +364,7 @@ async def ingest_file(
     source = FileSource(path)
     await source.open()
     try:
-        producer = await started_producer(settings)
+        producer = await started_producer(settings, live=rate_bps is not None)
         try:
             return await publish(
                 settings, producer, tp, contact, source, resume,

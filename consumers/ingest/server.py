@@ -103,7 +103,7 @@ class IngestServer:
 
     async def start(self) -> None:
         """Connect the producer, check the topic exists, then listen."""
-        self._producer = await started_producer(self.settings)
+        self._producer = await started_producer(self.settings, live=True)
         try:
             await raw_partition(self.settings, "")  # fails early on a missing topic
             self._server = await asyncio.start_server(self._on_connection, self.host, self.port)
