@@ -514,11 +514,12 @@ def register(app: typer.Typer) -> None:
         # looks idle. The runner then stops gracefully and waits kafka.revoke_timeout_seconds for
         # the batch in flight before cancelling it. Workaround here: idle 5 s, and a graceful stop
         # that waits long enough for any batch (nothing else is in flight once positions are at the
-        # end, so waiting for that batch is waiting for the stage's work)
+        # end, so waiting for that batch is waiting for the stage's work). The same grace bounds each
+        # service's stop in the runner: a stop stuck on a lost broker takes that long here.
         changes: dict[str, Any] = {"metrics_sample_seconds": 0.5,
                                    "run_idle_seconds": max(base.run.idle_seconds, 5.0),
                                    "kafka_revoke_timeout_seconds": max(base.kafka.revoke_timeout_seconds,
-                                                                       600.0)}
+                                                                       300.0)}
         if "DOWNLINK_DATA_DIR" not in os.environ:
             changes["data_dir"] = work / "data"
         if "DOWNLINK_CALIBRATE_REFS_DIR" not in os.environ:
