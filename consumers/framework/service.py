@@ -330,6 +330,8 @@ class ConsumingService(Service):
         #: a revoke gave up waiting for the batch in flight: redo it instead of committing it
         self._stale = False
         self._assign_error: BaseException | None = None
+        #: a failed batch waits for its redo (backoff, rewind): positions say "caught up", work is not done
+        self._recovering = False
 
     async def before_revoke(self) -> None:
         """Finish what the revoked partitions' offsets depend on (the kinds override it)."""
@@ -418,7 +420,7 @@ class ConsumingService(Service):
 
     async def caught_up(self) -> bool:
         """True when every assigned partition is consumed up to its last stable offset."""
-        if self.consumer is None or not self.assigned:
+        if self.consumer is None or not self.assigned or self._recovering:
             return False
         assigned = sorted(self.assigned)
         ends = await self.consumer.end_offsets(assigned)

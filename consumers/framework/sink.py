@@ -63,7 +63,11 @@ class SinkService(ConsumingService):
             except BaseException as exc:
                 if not is_retriable(exc):
                     raise
-                await self._recover(exc)
+                self._recovering = True  # --until-idle must not see the backoff as idle
+                try:
+                    await self._recover(exc)
+                finally:
+                    self._recovering = False
 
     async def _one_batch(self) -> None:
         got = await self.fetch()
@@ -109,6 +113,11 @@ class SinkService(ConsumingService):
         await self.backoff_pause(delay)
         async with self._batch_lock:
             await self.rewind()
+
+    async def caught_up(self) -> bool:
+        if self._batch_lock.locked():
+            return False  # a fetched batch is being handled: positions are at the end, the effect is not
+        return await super().caught_up()
 
     # hooks -----------------------------------------------------------------------------------
     async def open_sink(self) -> None:

@@ -123,9 +123,11 @@ class TransactionalService(ConsumingService):
                 except BaseException as exc:
                     if not is_retriable(exc):
                         raise
+                    self._recovering = True  # --until-idle must not see the backoff as idle
                     while True:  # the recovery meets the same fault (broker still away): retry it too
                         try:
                             await self._recover(exc)
+                            self._recovering = False
                             break
                         except asyncio.CancelledError:
                             raise

@@ -77,7 +77,10 @@ class Harness:
         self.fetches: list = []
 
         async def fetch():
-            return self.fetches.pop(0) if self.fetches else []
+            if not self.fetches:
+                await asyncio.sleep(0.01)  # a real fetch waits for records
+                return []
+            return self.fetches.pop(0)
         self.svc.fetch = fetch
 
     def batch(self, *values: bytes) -> None:
@@ -179,3 +182,64 @@ async def test_batches_of_different_generations_never_share_a_transaction(h: Har
     await h.svc.drain()
     assert [t["sent"] for t in h.producer.transactions] == [[b"a"], [b"b"], [b"c"]]
     assert seen == [1, 1, 2]
+
+
+class FakeConsumer:
+    """Positions always at the end (everything fetched), as after a batch that failed."""
+
+    def __init__(self) -> None:
+        self.paused: set = set()
+
+    async def end_offsets(self, tps):
+        return {tp: 10 for tp in tps}
+
+    async def position(self, tp):
+        return 10
+
+    def pause(self, *tps):
+        self.paused |= set(tps)
+
+    def resume(self, *tps):
+        self.paused -= set(tps)
+
+    async def getmany(self, *tps, timeout_ms=0, max_records=None):
+        await asyncio.sleep(timeout_ms / 1000)
+        return {}
+
+    async def committed(self, tp):
+        return 0
+
+    def seek(self, tp, offset):
+        pass
+
+    async def seek_to_beginning(self, tp):
+        pass
+
+
+async def test_a_service_waiting_to_redo_a_failed_batch_is_not_caught_up(settings):
+    h = Harness(settings.replace(kafka_retry_backoff_seconds=1.0, kafka_retry_backoff_max_seconds=1.0))
+    h.svc.consumer = FakeConsumer()
+
+    class Restartable(GatedProducer):
+        async def start(self):
+            pass
+
+        async def stop(self):
+            pass
+    h.svc.make_transactional_producer = lambda: Restartable()
+    h.producer.fail_next = True
+    h.batch(b"a")
+    seen: list[bool] = []
+    run = asyncio.create_task(h.svc.run())
+    try:
+        async with asyncio.timeout(10):
+            while not h.svc._recovering:  # the commit failed: the backoff has begun
+                await asyncio.sleep(0.005)
+            seen.append(await h.svc.caught_up())  # positions are at the end, the batch is not done
+            while h.svc._recovering:
+                await asyncio.sleep(0.005)
+    finally:
+        h.svc._stopping.set()
+        await asyncio.wait({run}, timeout=5)
+        run.cancel()
+    assert seen == [False]
