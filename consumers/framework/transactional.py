@@ -91,6 +91,10 @@ class TransactionalService(ConsumingService):
         self._durable: list[asyncio.Future] = []
         self._queue: list[_Queued] = []
         self._queued_bytes = 0
+        #: next offset after the last record processed, per partition since the last rewind: every
+        #: commit offers them all to ``commit_offsets``, so a pin released by a tick (l0 closing
+        #: an exposure on quiet time) advances the offset without waiting for the next record
+        self._through: dict[TopicPartition, int] = {}
         self._failures = 0
 
     # lifecycle -------------------------------------------------------------------------------
@@ -162,6 +166,8 @@ class TransactionalService(ConsumingService):
                 self._stale = False
                 await self.drain()
                 raise StorageError("a rebalance revoked partitions of the batch in flight")
+            for tp, recs in got:
+                self._through[tp] = recs[-1].offset + 1
             if got or outputs:
                 self.last_activity = time.monotonic()
                 size = sum(len(r.value or b"") for _, recs in got for r in recs)
@@ -172,7 +178,8 @@ class TransactionalService(ConsumingService):
                     committed |= await self._wait_chain()  # bounded memory: wait for the commit in flight
                 durable, self._durable = self._durable, []
                 self._queue.append(_Queued(
-                    outputs, self.commit_offsets({tp: recs[-1].offset + 1 for tp, recs in got}),
+                    outputs, self.commit_offsets({tp: o for tp, o in self._through.items()
+                                                  if tp in self.assigned}),
                     durable, fencing.bound_generation(), size))
                 self._queued_bytes += size
                 if self._pending is not None and self._pending.done():
@@ -244,9 +251,15 @@ class TransactionalService(ConsumingService):
         await start_client(self.settings, self.producer)  # init_transactions aborts what was open
         async with self._batch_lock:
             parts = set(self.assigned)
+            self._through.clear()  # what was processed after the last commit is redone
             await self.on_revoked(parts)
             await self.rewind(parts)
             await self.on_assigned(parts)
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            self._through.pop(tp, None)
+        await super().on_revoked(revoked)
 
     def defer_durable(self, work: asyncio.Future) -> None:
         """Let the batch's transaction wait for ``work`` (a file write) instead of the batch loop."""

@@ -326,3 +326,14 @@ async def test_a_reopened_exposure_waits_only_for_the_contacts_that_carried_it_n
     await h.batch((0, run_of(pk[-4:-2], contact="C2")), (0, SciEoc(contact="C2", bytes=1)))
     v1, v2 = h.sent("l0.ready")
     assert (v2.version, v2.complete, v2.contacts) == (2, False, ["C1", "C2"])
+
+
+async def test_an_exposure_closed_by_a_tick_releases_its_offset_pin_at_once(h):
+    pk = exposure(100, 90, 2)
+    await h.batch((1, run_of(pk[:-2])))            # incomplete: the offset of partition 1 stays at 0
+    assert h.commits()[-1][1] == 0
+    h.svc.open[EXPOSURE_ID].last_update -= h.settings.l0.quiet_seconds + 1  # quiet for too long
+    await h.batch()                                 # no record: only the tick runs
+    (ready,) = h.sent("l0.ready")
+    assert not ready.complete
+    assert h.commits()[-1][1] == 1, "the pin released by the tick must advance the offset now"
