@@ -55,8 +55,10 @@ def service_names(svc: dict) -> list[str]:
     if cmd[0] == "consumer":
         return [cmd[1]]
     if cmd[0] == "run":
-        only = cmd[cmd.index("--only") + 1] if "--only" in cmd else "demux,l0"
-        return only.split(",")
+        if "--only" in cmd:
+            return cmd[cmd.index("--only") + 1].split(",")
+        from consumers.framework import registry
+        return registry.names(default_only=True)
     return []
 
 
@@ -151,7 +153,8 @@ def test_prometheus_scrapes_every_service_container(config, ours, tmp_path):
     prom = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
     targets = {t for job in prom["scrape_configs"] if job["job_name"] == "downlink"
                for sc in job["static_configs"] for t in sc["targets"]}
-    expected = {f"{n}:{METRICS_PORT}" for n, s in ours.items() if service_names(s)}
+    expected = {f"{n}:{METRICS_PORT}" for n, s in ours.items()
+                if service_names(s) or s["command"][:2] == ["ingest", "--listen"]}  # the listener serves /metrics
     assert targets == expected
     mounts = config["services"]["prometheus"]["volumes"]
     assert any(m.startswith(str(ROOT / "monitoring" / "alerts.yml")) for m in mounts)
