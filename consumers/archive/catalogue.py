@@ -37,6 +37,7 @@ from consumers.archive.models import EngSample, Exposure, Product, Program
 from core.errors import CodecError, ConfigError, DownlinkError, ValidationError
 from core.settings import Settings
 from products.l0 import l0_paths, read_manifest
+from products.superseded import superseded_paths
 from streams.decoder import PacketIndex
 from streams.dictionary import EngDictionary
 from streams.messages import CalDone, EngBatch, L0Ready, Message
@@ -144,7 +145,7 @@ class Catalogue:
                 name=name, level=access.normalize_level(str(p["level"])),
                 suffix=str(p.get("suffix") or name.rsplit("_", 1)[-1]), path=str(p["path"]),
                 sha256=str(p["sha256"]), size=int(p["size"]) if p.get("size") is not None else None,
-                candidates=[Path(str(p["path"]))], exposure_id=msg.exposure_id, program=tag.program,
+                candidates=_candidates(Path(str(p["path"]))), exposure_id=msg.exposure_id, program=tag.program,
                 source="cal.done", created=when, pipeline_version=msg.cal_version,
                 context=msg.context, provenance=dict(base), read_header=True))
         if msg.uncal_path and msg.uncal_sha256 and product_name(msg.uncal_path) not in seen:
@@ -399,3 +400,9 @@ def _iso(text: str) -> dt.datetime | None:
             dt.timezone.utc).replace(tzinfo=None)
     except ValueError:
         return None
+
+
+def _candidates(path: Path) -> list[Path]:
+    """Where a calibrated product's bytes may be: its name, then earlier builds kept beside it
+    (an L3 product rebuilt before its first ``cal.done`` was archived)."""
+    return [path, *superseded_paths(path)]

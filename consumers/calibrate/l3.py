@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from products.superseded import keep_superseded
+
 import numpy as np
 
 from core.errors import CalibrationError
@@ -129,6 +131,7 @@ def combine(members: Sequence[Path], out_dir: Path, *, block_rows: int = 128,
                   "WHT": [("BUNIT", f"1/({bunit})^2", "")], "CON": []}
         out_dir = Path(out_dir)
         path = out_dir / name
+        keep_superseded(path)  # an earlier build's cal.done may not be archived yet
         with BlockWriter(path, cards, planes, (ny, nx)) as w:
             for r0 in range(0, ny, block_rows):
                 r1 = min(ny, r0 + block_rows)
