@@ -26,6 +26,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 
+#: the broker's sweep of timed-out transactions (transaction.abort.timed.out.transaction.cleanup.
+#: interval.ms), as our stack and docker/compose.yaml configure it
+TXN_ABORT_SWEEP_MS = 1_000
+
+
 @dataclass(frozen=True)
 class Secret:
     """A credential: never printed, logged or dumped; ``.reveal()`` where it is really used."""
@@ -65,9 +70,17 @@ class KafkaSettings:
     max_message_bytes: int = _n(16 << 20, ge=1 << 20)
     #: replication factor of topics created from topics.yaml (1 on the single-node local stack)
     replication_factor: int = _n(1, ge=1)
+    #: consumers' requests (a JoinGroup may wait for the whole group)
     request_timeout_ms: int = _n(40_000, gt=0)
-    #: must exceed request_timeout_ms, or a slow but good transaction is aborted by the broker
-    transaction_timeout_ms: int = _n(90_000, gt=0)
+    #: producers' requests: below transaction_timeout_ms, so a produce that hangs fails on the
+    #: client (and is redone) before the broker aborts the transaction under it
+    producer_request_timeout_ms: int = _n(8_000, gt=0)
+    #: below session_timeout_ms, with the broker's abort sweep
+    #: (transaction.abort.timed.out.transaction.cleanup.interval.ms, 1 s in our stack) inside the
+    #: difference: a transaction left open by a replica paused long enough to lose its partitions
+    #: is aborted by the broker before anyone else owns them, so its commit can never land later
+    #: (zombie fencing, docs/faults.md)
+    transaction_timeout_ms: int = _n(12_000, gt=0)
     session_timeout_ms: int = _n(15_000, gt=0)
     heartbeat_interval_ms: int = _n(2_000, gt=0)
     max_poll_interval_ms: int = _n(600_000, gt=0)
@@ -317,11 +330,17 @@ class Settings:
             raise ConfigError(
                 f"DOWNLINK_INGEST_CHUNK_BYTES={self.ingest.chunk_bytes} must be at most half of "
                 f"DOWNLINK_KAFKA_MAX_MESSAGE_BYTES={k.max_message_bytes}")
-        if k.transaction_timeout_ms <= k.request_timeout_ms:
+        if k.transaction_timeout_ms <= k.producer_request_timeout_ms:
             raise ConfigError(
                 f"DOWNLINK_KAFKA_TRANSACTION_TIMEOUT_MS={k.transaction_timeout_ms} must exceed "
-                f"DOWNLINK_KAFKA_REQUEST_TIMEOUT_MS={k.request_timeout_ms}: a transaction that "
-                "times out first aborts work the broker would have accepted")
+                f"DOWNLINK_KAFKA_PRODUCER_REQUEST_TIMEOUT_MS={k.producer_request_timeout_ms}: a "
+                "transaction that times out first aborts work the broker would have accepted")
+        if k.transaction_timeout_ms + TXN_ABORT_SWEEP_MS >= k.session_timeout_ms:
+            raise ConfigError(
+                f"DOWNLINK_KAFKA_TRANSACTION_TIMEOUT_MS={k.transaction_timeout_ms} must be at least "
+                f"{TXN_ABORT_SWEEP_MS} ms below DOWNLINK_KAFKA_SESSION_TIMEOUT_MS="
+                f"{k.session_timeout_ms}: a replica paused past the session timeout could otherwise "
+                "still commit the transaction it left open (docs/faults.md, zombie fencing)")
         if k.heartbeat_interval_ms * 3 > k.session_timeout_ms:
             raise ConfigError("DOWNLINK_KAFKA_HEARTBEAT_INTERVAL_MS must be at most a third of "
                               "DOWNLINK_KAFKA_SESSION_TIMEOUT_MS")

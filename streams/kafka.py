@@ -54,7 +54,7 @@ def make_producer(
         "max_batch_size": 4 << 20,  # several 1 MiB chunks per request: +30% produce MB/s measured
         # a message whose value is max_message_bytes must still fit with its batch overhead
         "max_request_size": settings.kafka.max_message_bytes + MESSAGE_OVERHEAD,
-        "request_timeout_ms": settings.kafka.request_timeout_ms,
+        "request_timeout_ms": settings.kafka.producer_request_timeout_ms,
     }
     if transactional_id is not None:
         options["transactional_id"] = f"{settings.topic_prefix}{transactional_id}"

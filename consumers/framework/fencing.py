@@ -42,10 +42,12 @@ only when the *consumer* is confluent-kafka too (``consumer_group_metadata``),
 i.e. replacing aiokafka throughout. The lease needs neither; its measured
 cost is in docs/faults.md.
 
-What remains: a pause landing in the few microseconds between the final
-check and the commit request leaving the process is not fenced (the window
-is one event-loop step, measured in docs/faults.md); Kafka's transaction
-timeout still aborts a transaction paused longer than it.
+The window after the final check (a pause between it and the commit request
+leaving the process) is closed by the timeouts' order (core/settings.py):
+the transaction timeout plus the broker's 1 s abort sweep is below the
+session timeout, so a transaction left open by a pause long enough to lose
+the partitions is aborted by the broker before they move, and the resumed
+commit fails with ``ProducerFenced`` (retriable).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError
 
 from core.errors import DownlinkError, StorageError
 from consumers.framework import fencing
@@ -57,9 +57,14 @@ log = logging.getLogger(__name__)
 
 
 def is_retriable(exc: BaseException) -> bool:
-    """Whether redoing the batch later can succeed (the error carries its policy)."""
-    if isinstance(exc, ProducerFenced):
-        return False  # another instance with our id took over: this one must stop
+    """Whether redoing the batch later can succeed (the error carries its policy).
+
+    ``ProducerFenced`` is retriable: the broker bumps a producer's epoch when it aborts a
+    transaction that outlived its timeout — what happens to a replica paused past its session
+    (zombie fencing, docs/faults.md); a fresh producer rejoins cleanly. Two live processes
+    configured with one instance id would fence each other in turn, each retry logged and counted
+    in ``downlink_retries_total{reason="ProducerFenced"}``; static membership refuses them too.
+    """
     if isinstance(exc, DownlinkError):
         return exc.retriable
     if isinstance(exc, KafkaError):

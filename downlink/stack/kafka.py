@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from core.errors import StackError
-from core.settings import Settings
+from core.settings import TXN_ABORT_SWEEP_MS, Settings
 from downlink.stack.component import Component
 from streams.kafka import BROKER_HEADROOM, probe_kafka
 
@@ -139,6 +139,10 @@ class Kafka(Component):
             "transaction.state.log.replication.factor": "1",
             "transaction.state.log.min.isr": "1",
             "transaction.state.log.num.partitions": "8",
+            # sweep timed-out transactions every second (default 10 s): with the clients'
+            # transaction timeout below their session timeout, a paused replica's open
+            # transaction is aborted before its partitions move (core/settings.py)
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": str(TXN_ABORT_SWEEP_MS),
             "group.initial.rebalance.delay.ms": "0",
             "min.insync.replicas": "1",
             # two cores: fewer threads than the defaults sized for servers
