@@ -15,9 +15,7 @@ gauges for every service it runs.
 
 from __future__ import annotations
 
-import time
-import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -160,43 +158,6 @@ RT_LAST_PACKET_AGE = Gauge("downlink_rt_last_packet_age_seconds",
 # --- host -------------------------------------------------------------------------------------
 DATA_DISK_FREE_BYTES = OwnedGauge("downlink_data_disk_free_bytes", "Free bytes on the data directory's file system")
 DATA_DISK_SIZE_BYTES = OwnedGauge("downlink_data_disk_size_bytes", "Size of the data directory's file system")
-
-
-#: l0's open exposures as last seen: exposure id -> (the entry, when it was first seen open)
-_OPENED: dict[str, tuple[Any, float]] = {}
-
-
-def set_open_exposures(open_entries: Mapping[str, object], now: float | None = None) -> None:
-    """l0's open set: ``OPEN_EXPOSURES`` (how many) and ``OLDEST_OPEN_EXPOSURE_AGE`` (seconds since
-    the oldest of them was first seen open in this process; 0 when none is).
-
-    Called with the service's ``{exposure id: entry}`` after every batch and tick. An entry is
-    known by identity, so an exposure finished and opened again (its next version) starts a
-    new age.
-    """
-    now = time.monotonic() if now is None else now
-    seen: dict[str, tuple[Any, float]] = {}
-    for exposure_id, entry in open_entries.items():
-        known = _OPENED.get(exposure_id)
-        if known is not None and _same(known[0], entry):
-            seen[exposure_id] = known
-        else:
-            seen[exposure_id] = (_ref(entry), now)
-    _OPENED.clear()
-    _OPENED.update(seen)
-    OPEN_EXPOSURES.set(len(seen))
-    OLDEST_OPEN_EXPOSURE_AGE.set(max((now - t for _, t in seen.values()), default=0.0))
-
-
-def _ref(entry: object) -> Any:
-    try:
-        return weakref.ref(entry)
-    except TypeError:  # not weak-referenceable: remember its id
-        return id(entry)
-
-
-def _same(ref: Any, entry: object) -> bool:
-    return ref() is entry if isinstance(ref, weakref.ref) else ref == id(entry)
 
 
 def serve(port: int, host: str = "127.0.0.1", registry: CollectorRegistry = REGISTRY) -> Any:

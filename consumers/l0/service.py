@@ -81,6 +81,8 @@ class Open:
     #: records added that were not replays (an empty exposure alerts only then)
     fresh_records: int = 0
     rejected: Counter = field(default_factory=Counter)
+    #: when this process opened it (the oldest open exposure's age is exported from it)
+    opened_at: float = field(default_factory=time.monotonic)
 
 
 class L0Assembler(TransactionalService):
@@ -153,7 +155,13 @@ class L0Assembler(TransactionalService):
         self.contact_end = {k: v for k, v in self.contact_end.items()
                             if k[0] not in {tp.partition for tp in revoked}}
         self._disk_ok.clear()
-        metrics.set_open_exposures(self.open)  # and the oldest one's age
+        self._export_open()
+
+    def _export_open(self) -> None:
+        """How many exposures are open and how long the oldest has been (0 when none is)."""
+        now = time.monotonic()
+        metrics.OPEN_EXPOSURES.set(len(self.open))
+        metrics.OLDEST_OPEN_EXPOSURE_AGE.set(max((now - e.opened_at for e in self.open.values()), default=0.0))
 
     async def close(self) -> None:
         for entry in self.open.values():
@@ -182,7 +190,7 @@ class L0Assembler(TransactionalService):
             entry = self.open.get(exposure_id)
             if entry is not None and entry.assembly.complete:
                 outputs += await self._finish(exposure_id)
-        metrics.set_open_exposures(self.open)  # and the oldest one's age
+        self._export_open()
         return outputs
 
     def _add_records(self, records: list[Record], now: float, outputs: list[Output]) -> set[str]:
@@ -344,7 +352,7 @@ class L0Assembler(TransactionalService):
             contacts_over = bool(ends) and all(e is not None and now - e >= margin for e in ends)
             if contacts_over or now - entry.last_update >= self.settings.l0.quiet_seconds:
                 outputs += await self._finish(exposure_id)
-        metrics.set_open_exposures(self.open)  # and the oldest one's age
+        self._export_open()
         if len(self.contact_end) > 10_000:  # bounded: forget the oldest ends
             keep = sorted(self.contact_end.items(), key=lambda kv: kv[1])[-5_000:]
             self.contact_end = dict(keep)

@@ -337,3 +337,17 @@ async def test_an_exposure_closed_by_a_tick_releases_its_offset_pin_at_once(h):
     (ready,) = h.sent("l0.ready")
     assert not ready.complete
     assert h.commits()[-1][1] == 1, "the pin released by the tick must advance the offset now"
+
+
+async def test_open_exposures_and_the_oldest_age_are_exported(h):
+    from prometheus_client import REGISTRY
+    pk = exposure(100, 90, 2)
+    await h.batch((1, run_of(pk[:-2])))
+    h.svc.open[EXPOSURE_ID].opened_at -= 42.0  # opened 42 s ago
+    await h.batch()
+    assert REGISTRY.get_sample_value("downlink_l0_open_exposures") == 1
+    assert REGISTRY.get_sample_value("downlink_l0_oldest_open_exposure_age_seconds") >= 42.0
+    h.svc.open[EXPOSURE_ID].last_update -= h.settings.l0.quiet_seconds + 1
+    await h.batch()  # the tick closes it
+    assert REGISTRY.get_sample_value("downlink_l0_open_exposures") == 0
+    assert REGISTRY.get_sample_value("downlink_l0_oldest_open_exposure_age_seconds") == 0.0
