@@ -178,8 +178,7 @@ class TransactionalService(ConsumingService):
                 size = sum(len(r.value or b"") for _, recs in got for r in recs)
                 # queued and in-flight batches hold at most commit_queue_bytes (one batch always fits)
                 while self._queued_bytes and self._queued_bytes + size > self.settings.kafka.commit_queue_bytes:
-                    if self._pending is None:
-                        self._pending = asyncio.create_task(self._commit_chain())
+                    committed |= self._run_chain()
                     committed |= await self._wait_chain()  # bounded memory: wait for the commit in flight
                 durable, self._durable = self._durable, []
                 self._queue.append(_Queued(
@@ -187,10 +186,14 @@ class TransactionalService(ConsumingService):
                                                   if tp in self.assigned}),
                     durable, fencing.bound_generation(), size))
                 self._queued_bytes += size
-                if self._pending is not None and self._pending.done():
-                    committed |= self._reap()  # the chain ended while this batch was processed
-                if self._pending is None:
-                    self._pending = asyncio.create_task(self._commit_chain())
+                committed |= self._run_chain()
+        return committed
+
+    def _run_chain(self) -> bool:
+        """Collect a finished commit chain (re-raising its failure) and start one if batches wait."""
+        committed = self._reap()
+        if self._pending is None and self._queue:
+            self._pending = asyncio.create_task(self._commit_chain())
         return committed
 
     def _reap(self) -> bool:
@@ -256,8 +259,7 @@ class TransactionalService(ConsumingService):
         await start_client(self.settings, self.producer)  # init_transactions aborts what was open
         async with self._batch_lock:
             parts = set(self.assigned)
-            self._through.clear()  # what was processed after the last commit is redone
-            await self.on_revoked(parts)
+            await self.on_revoked(parts)  # forgets what was processed after the last commit, too
             await self.rewind(parts)
             await self.on_assigned(parts)
 
