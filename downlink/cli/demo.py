@@ -507,15 +507,12 @@ def register(app: typer.Typer) -> None:
         unknown = skipped - {s.name for s in STAGES}
         if unknown:
             raise typer.BadParameter(f"no stage {', '.join(sorted(unknown))}", param_hint="--skip")
-        # --until-idle can end while a sink's last batch is still being handled: a sink (archive)
-        # reads as caught up once getmany returned its batch (positions at the end; the framework's
-        # ConsumingService.caught_up does not look at the sink's batch lock), so a catalogue batch
-        # longer than run.idle_seconds (hashing and storing a few hundred products: ~10 s for 1 GB)
-        # looks idle. The runner then stops gracefully and waits kafka.revoke_timeout_seconds for
-        # the batch in flight before cancelling it. Workaround here: idle 5 s, and a graceful stop
-        # that waits long enough for any batch (nothing else is in flight once positions are at the
-        # end, so waiting for that batch is waiting for the stage's work). The same grace bounds each
-        # service's stop in the runner: a stop stuck on a lost broker takes that long here.
+        # --until-idle could end while a sink's last batch was still being handled (a catalogue
+        # batch of a few hundred products takes ~10 s for 1 GB); SinkService.caught_up now waits for
+        # the batch lock. calibrate (its own consuming loop) still has a short window between popping
+        # a finished job and awaiting its cal.done send, so the demo keeps a margin: idle 5 s, and a
+        # graceful stop long enough for any batch in flight. The same grace bounds each service's
+        # stop in the runner: a stop stuck on a lost broker takes that long here.
         changes: dict[str, Any] = {"metrics_sample_seconds": 0.5,
                                    "run_idle_seconds": max(base.run.idle_seconds, 5.0),
                                    "kafka_revoke_timeout_seconds": max(base.kafka.revoke_timeout_seconds,
