@@ -269,11 +269,14 @@ class StreamAccount:
                 "gaps_merged": self.gaps_merged, "pending": len(self.pending)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "rules"}
+        """A snapshot: its lists are copies (bounded), never views of the live ranges."""
+        return {k: copy_module.deepcopy(v) if isinstance(v, list) else v
+                for k, v in self.__dict__.items() if k != "rules"}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], rules: Rules | None = None) -> "StreamAccount":
-        fields_ = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "rules"}
+        fields_ = {k: copy_module.deepcopy(v) if isinstance(v, list) else v
+                   for k, v in d.items() if k in cls.__dataclass_fields__ and k != "rules"}
         return cls(**fields_, rules=rules or Rules())
 
 
@@ -281,7 +284,7 @@ def _settled(acct: StreamAccount) -> StreamAccount:
     """``acct`` with its held packets decided (a copy; the original keeps waiting)."""
     if not acct.pending:
         return acct
-    copy = StreamAccount.from_dict(copy_module.deepcopy(acct.to_dict()), acct.rules)
+    copy = StreamAccount.from_dict(acct.to_dict(), acct.rules)
     copy.finish()
     return copy
 

@@ -23,6 +23,8 @@ HTTP app).
 
 from __future__ import annotations
 
+import dataclasses
+
 import abc
 import asyncio
 import contextlib
@@ -89,6 +91,18 @@ class Output:
 
     def payload(self) -> bytes:
         return self.value.encode() if isinstance(self.value, Message) else self.value
+
+    def encoded(self) -> "Output":
+        """This output with its message serialised now.
+
+        A message may share lists or dicts with the service's live state (a
+        snapshot of accounting that the next batch goes on updating); a
+        batch that waits for its commit must carry the bytes of the moment
+        it was processed, not a view that changes under it.
+        """
+        if not isinstance(self.value, Message):
+            return self
+        return dataclasses.replace(self, value=self.value.encode())
 
 
 def check_schemas(service: str, wanted: dict[str, frozenset[str]], specs: dict[str, Any],

@@ -182,7 +182,7 @@ class TransactionalService(ConsumingService):
                     committed |= await self._wait_chain()  # bounded memory: wait for the commit in flight
                 durable, self._durable = self._durable, []
                 self._queue.append(_Queued(
-                    outputs, self.commit_offsets({tp: o for tp, o in self._through.items()
+                    [o.encoded() for o in outputs], self.commit_offsets({tp: o for tp, o in self._through.items()
                                                   if tp in self.assigned}),
                     durable, fencing.bound_generation(), size))
                 self._queued_bytes += size

@@ -67,8 +67,8 @@ class Echo(TransactionalService):
 
 
 class Harness:
-    def __init__(self, settings) -> None:
-        self.svc = Echo(settings)
+    def __init__(self, settings, service: type[TransactionalService] = Echo) -> None:
+        self.svc = service(settings)
         self.producer = GatedProducer()
         self.svc.producer = self.producer
         self.tp = TopicPartition(settings.topic(TOPIC), 0)
@@ -243,3 +243,30 @@ async def test_a_service_waiting_to_redo_a_failed_batch_is_not_caught_up(setting
         await asyncio.wait({run}, timeout=5)
         run.cancel()
     assert seen == [False]
+
+
+async def test_a_queued_batch_commits_its_messages_as_they_were_when_processed(settings):
+    """A message that shares a list with live state (a state snapshot) is serialised when its
+    batch is queued: later batches change the state, not what the waiting batch commits."""
+    from streams.messages import OpsAlert
+
+    shared: dict = {"ranges": []}
+
+    class Stateful(Echo):
+        async def process(self, records: list[Record]) -> list[Output]:
+            shared["ranges"].append(len(shared["ranges"]))
+            return [Output("out", OpsAlert(contact="C", type="gap", severity="info", time=0.0,
+                                           detail=shared))]
+    h = Harness(settings, Stateful)
+    h.producer.gate.clear()
+    h.batch(b"a")
+    await h.step()
+    await _until(lambda: h.producer.begun == 1)
+    h.batch(b"b")
+    await h.step()
+    h.batch(b"c")
+    await h.step()
+    h.producer.gate.set()
+    await h.svc.drain()
+    sent = [OpsAlert.decode(v).detail["ranges"] for t in h.producer.transactions for v in t["sent"]]
+    assert sent == [[0], [0, 1], [0, 1, 2]]
