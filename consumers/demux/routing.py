@@ -40,7 +40,8 @@ from consumers.demux.alerts import SEQUENCE_TYPES, AlertCoalescer
 from consumers.demux.contacts import ContactIdError, Passes, check_contact_id
 from consumers.framework.service import Output, Record
 from monitoring import metrics
-from streams.decoder import DecodedChunk, PacketIndex, StreamDecoder
+from streams.batching import ENVELOPE_MARGIN, eng_batches, extract, groups, pieces
+from streams.decoder import DecodedChunk, StreamDecoder
 from streams.messages import DeadLetter, DemuxState, EngBatch, OpsAlert, SciEoc, SciRun
 from streams.packets import ExposureTag, Kind, Source
 from streams.validation import REASONS, Limits, tag_valid, validate
@@ -49,10 +50,6 @@ log = logging.getLogger(__name__)
 
 TAG_FIELDS = ("program", "observation", "visit", "visit_group", "parallel_seq", "activity",
               "exposure", "detector")
-#: bytes kept free in every message for the envelope, the key and the headers
-ENVELOPE_MARGIN = 64 << 10
-#: serialised PacketIndex bytes per packet
-INDEX_ROW = sum(dt.itemsize for dt in PacketIndex.COLUMNS.values())
 #: alert types sent on the fast lane (sequence anomalies: operators hear of dropped packets at once)
 FAST_ALERTS = SEQUENCE_TYPES
 RAW_TOPIC = "downlink.raw"
@@ -95,42 +92,15 @@ class Emitted:
         self.bulk += other.bulk
 
 
-def _groups(keys: np.ndarray) -> list[np.ndarray]:
-    """Indices grouped by key (rows of a 2-D array or values of a 1-D one), arrival order kept."""
-    if len(keys) == 0:
-        return []
-    if keys.ndim == 1:
-        _, inverse = np.unique(keys, return_inverse=True)
-    else:
-        _, inverse = np.unique(keys, axis=0, return_inverse=True)
-    inverse = inverse.ravel()
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
-    return np.split(order, bounds)
-
-
-def pieces(lengths: np.ndarray, budget: int) -> list[slice]:
-    """Cut a run of packets into consecutive slices whose packets plus index fit ``budget`` bytes."""
-    n = len(lengths)
-    if n == 0:
-        return []
-    cost = np.cumsum(lengths.astype(np.int64) + INDEX_ROW)
-    out: list[slice] = []
-    start, base = 0, 0
-    while start < n:
-        end = int(np.searchsorted(cost, base + budget, side="right"))
-        end = max(end, start + 1)  # one packet always fits (a packet is at most 64 KiB)
-        out.append(slice(start, end))
-        base = int(cost[end - 1])
-        start = end
-    return out
-
-
-def _extract(decoded: DecodedChunk, idx: np.ndarray) -> tuple[bytes, bytes]:
-    """Selected packets as one byte string, with their index rebased onto it."""
-    index = decoded.packets.take(idx)
-    index.offset = np.concatenate(([0], np.cumsum(index.length[:-1], dtype=np.int64)))
-    return decoded.packets_bytes(idx), index.to_bytes()
+def tapped_range(headers: dict[str, str]) -> tuple[int, int] | None:
+    """``[rt_from, rt_through)`` of a raw record: every valid real-time engineering packet lying
+    wholly inside it was published by ingest's real-time tap before the record was sent
+    (``consumers.ingest.tap``). Absent or unreadable: demux publishes them itself."""
+    try:
+        lo, hi = int(headers["rt_from"]), int(headers["rt_through"])
+    except (KeyError, ValueError):
+        return None
+    return (lo, hi) if 0 <= lo <= hi else None
 
 
 class Router:
@@ -148,6 +118,8 @@ class Router:
         self.wall = wall
         self.alerts = AlertCoalescer(alert_window, alert_max_ranges, clock=clock, wall=wall)
         self.passes = Passes()
+        #: stream range whose real-time packets ingest's tap already published (current record)
+        self._tapped: tuple[int, int] | None = None
         self.contacts: dict[str, ContactState] = {}
         self.touched: set[str] = set()
 
@@ -198,10 +170,14 @@ class Router:
         if state is None:
             return out
         self.touched.add(state.contact)
-        if eoc:
-            self._end_contact(state, offset, out)
-        else:
-            self._chunk(state, offset, rec.value, rec.timestamp, out)
+        self._tapped = tapped_range(h)
+        try:
+            if eoc:
+                self._end_contact(state, offset, out)
+            else:
+                self._chunk(state, offset, rec.value, rec.timestamp, out)
+        finally:
+            self._tapped = None
         return out
 
     def end_batch(self) -> Emitted:
@@ -323,23 +299,22 @@ class Router:
         eng = valid & (pk.kind == Kind.ENG)
         for source, topic, lane in ((Source.REALTIME, "tlm.eng.realtime", out.fast),
                                     (Source.RECORDED, "tlm.eng.recorded", out.bulk)):
-            sel = np.flatnonzero(eng & (pk.source == source))
-            for group in _groups(pk.apid[sel]):
-                idx = sel[group]
-                apid = int(pk.apid[idx[0]])
-                for part in pieces(pk.length[idx], self.budget):
-                    packets, index = _extract(decoded, idx[part])
-                    lane.append(Output(topic, EngBatch(
-                        contact=contact, apid=apid, source=int(source), raw_ts=raw_ts,
-                        packets=packets, index=index), key=str(apid).encode()))
+            sel = eng & (pk.source == source)
+            if source == Source.REALTIME and self._tapped is not None:
+                lo, hi = self._tapped  # ingest's tap published these at reception
+                end = pk.stream_offset.astype(np.int64) + pk.length
+                sel &= ~((pk.stream_offset >= lo) & (end <= hi))
+            sel = np.flatnonzero(sel)
+            lane += [Output(topic, b, key=str(b.apid).encode()) for b in eng_batches(
+                decoded, sel, contact=contact, source=int(source), raw_ts=raw_ts, budget=self.budget)]
         sel = np.flatnonzero(valid & (pk.kind != Kind.ENG))
         if len(sel):
             tags = np.stack([getattr(pk, f)[sel].astype(np.int64) for f in TAG_FIELDS], axis=1)
-            for group in _groups(tags):
+            for group in groups(tags):
                 idx = sel[group]
                 exposure_id = ExposureTag(*tags[group[0]].tolist()).exposure_id
                 for part in pieces(pk.length[idx], self.budget):
-                    packets, index = _extract(decoded, idx[part])
+                    packets, index = extract(decoded, idx[part])
                     out.bulk.append(Output("tlm.sci", SciRun(
                         contact=contact, exposure_id=exposure_id, raw_ts=raw_ts,
                         packets=packets, index=index), key=exposure_id.encode()))
