@@ -113,6 +113,11 @@ class IngestSettings:
     chunk_bytes: int = _n(1 << 20, gt=0)
     #: how far back (hours) ingest scans downlink.raw for an earlier run of a contact; 0 = whole partition
     lookback_hours: float = _n(0.0, ge=0)
+    #: live feeds (paced files, the TCP listener): publish real-time engineering at reception
+    #: (consumers/ingest/tap.py) instead of leaving it to demux
+    realtime_tap: bool = True
+    #: a live feed is read (and tapped) in pieces of at most this many bytes (~5 ms at 28 Mbit/s)
+    tap_read_bytes: int = _n(16 << 10, gt=0)
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,9 @@ class L0Settings:
 class RunSettings:
     #: ``downlink run --until-idle`` exits after every consumer was idle this long
     idle_seconds: float = _n(2.0, gt=0)
+    #: niceness of a process that runs only bulk work (l0, l1b, calibrate, archive, an unpaced
+    #: ingest): real-time telemetry keeps the CPU when the machine is saturated; 0 = unchanged
+    bulk_nice: int = _n(10, ge=0, le=19)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ from streams.validation import check_contact_id
 
 from consumers.ingest.resume import RAW_TOPIC, ResumePoint, find_resume_point, raw_partition
 from consumers.ingest.sources import ByteSource, FileSource
+from consumers.ingest.tap import RealtimeTap
 
 log = logging.getLogger(__name__)
 
@@ -210,13 +211,17 @@ async def publish(
     rate_bps: float | None = None,
     progress: Progress = no_progress,
     max_chunks: int | None = None,
+    live: bool = False,
 ) -> IngestResult:
     """Publish ``source`` from ``resume`` on; the producer is started and stays open.
 
-    ``rate_bps`` paces publication: a chunk is sent once the downlink would
-    have delivered its last byte, as a real contact does. ``max_chunks`` stops
-    after that many chunks without the end-of-contact marker (a partial run,
-    continued by the next ingest of the contact).
+    ``rate_bps`` paces publication: the bytes are released as fast as the
+    downlink would have delivered them, as a real contact does. ``max_chunks``
+    stops after that many chunks without the end-of-contact marker (a partial
+    run, continued by the next ingest of the contact). ``live`` (a paced
+    file, a TCP feed) reads the stream in ``ingest.tap_read_bytes`` pieces
+    and, with ``ingest.realtime_tap``, publishes its real-time engineering
+    as each piece arrives (:mod:`consumers.ingest.tap`).
     """
     chunk = settings.ingest.chunk_bytes
     key = contact.encode()
@@ -247,20 +252,49 @@ async def publish(
     offset, seq = resume.offset, resume.chunk_seq
     if resume.offset:
         log.info("resuming contact at offset %d (chunk %d)", offset, seq, extra=extra)
-    next_read = asyncio.ensure_future(source.read(chunk))
+    tap = RealtimeTap(settings, producer, contact, resume.offset) \
+        if live and settings.ingest.realtime_tap else None
+
+    async def paced(end: int) -> None:
+        if rate_bps:
+            delay = started + (end - resume.offset) / rate_bps - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def read_live() -> bytes:
+        """One chunk assembled from the pieces as they arrive, each tapped at once."""
+        parts: list[bytes] = []
+        got = 0
+        while got < chunk:
+            part = await source.read_some(min(settings.ingest.tap_read_bytes, chunk - got))
+            if not part:
+                break
+            got += len(part)
+            await paced(offset + got)
+            parts.append(part)
+            if tap is not None:
+                await tap.feed(part)
+        return b"".join(parts)
+
+    next_read = None if live else asyncio.ensure_future(source.read(chunk))
     try:
         while max_chunks is None or result.published_chunks < max_chunks:
-            data = await next_read
+            if next_read is None:
+                data = await read_live()
+            else:
+                data = await next_read
+                if data:
+                    next_read = asyncio.ensure_future(source.read(chunk))  # overlaps the send
+                    await paced(offset + len(data))
             if not data:
                 break
-            next_read = asyncio.ensure_future(source.read(chunk))
-            if rate_bps:
-                due = started + (offset + len(data) - resume.offset) / rate_bps
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+            headers = _headers(contact, seq, offset)
+            if tap is not None:
+                if len(data) < chunk:
+                    await tap.finish()  # a short chunk is the last one
+                headers += await tap.headers()
             future = await producer.send(
-                tp.topic, data, key=key, partition=tp.partition, headers=_headers(contact, seq, offset)
+                tp.topic, data, key=key, partition=tp.partition, headers=headers
             )
             window.add(future, offset + len(data), len(data))
             offset += len(data)
@@ -278,6 +312,9 @@ async def publish(
             return _count(result)
         # end of stream: the marker follows the last chunk on the same partition
         headers = _headers(contact, seq, offset) + [("eoc", b"1"), ("bytes", str(offset).encode())]
+        if tap is not None:
+            await tap.finish()  # nothing left if the last chunk was short; else its tail
+            headers += await tap.headers()
         future = await producer.send(tp.topic, b"", key=key, partition=tp.partition, headers=headers)
         window.add(future, offset, 0)
         await window.drain()
@@ -295,9 +332,9 @@ async def publish(
             f"({type(exc).__name__}: {exc}); run the same ingest again to resume"
         ) from exc
     finally:
-        if not next_read.done():
+        if next_read is not None:
             next_read.cancel()
-        await asyncio.gather(next_read, return_exceptions=True)
+            await asyncio.gather(next_read, return_exceptions=True)
 
 
 async def _drain(source: ByteSource) -> int:
@@ -369,6 +406,7 @@ async def ingest_file(
             return await publish(
                 settings, producer, tp, contact, source, resume,
                 rate_bps=rate_bps, progress=progress, max_chunks=max_chunks,
+                live=rate_bps is not None,
             )
         finally:
             await producer.stop()

@@ -173,7 +173,8 @@ class IngestServer:
             log.info("feed connected", extra=extra)
             progress = self.progress_factory(contact) if self.progress_factory else no_progress
             result = await publish(
-                self.settings, self._producer, tp, contact, StreamSource(reader), resume, progress=progress
+                self.settings, self._producer, tp, contact, StreamSource(reader), resume, progress=progress,
+                live=True,
             )
             self.results.append(result)
             metrics.INGEST_FEEDS.labels("ended").inc()

@@ -22,6 +22,9 @@ class ByteSource(Protocol):
     async def read(self, n: int) -> bytes:
         """Up to ``n`` bytes; fewer only at the end of the stream."""
 
+    async def read_some(self, n: int) -> bytes:
+        """Between 1 and ``n`` bytes as soon as any are there; empty at the end of the stream."""
+
     async def skip_to(self, offset: int) -> int:
         """Advance to ``offset`` (>= current position) without returning the bytes; the position reached."""
 
@@ -47,6 +50,9 @@ class FileSource:
         assert self._file is not None, "FileSource.open() first"
         return await asyncio.to_thread(self._file.read, n)
 
+    async def read_some(self, n: int) -> bytes:
+        return await self.read(n)
+
     async def skip_to(self, offset: int) -> int:
         assert self._file is not None, "FileSource.open() first"
         return await asyncio.to_thread(self._file.seek, offset)
@@ -65,6 +71,11 @@ class StreamSource:
             data = await self._reader.readexactly(n)
         except asyncio.IncompleteReadError as exc:
             data = exc.partial
+        self._position += len(data)
+        return data
+
+    async def read_some(self, n: int) -> bytes:
+        data = await self._reader.read(n)
         self._position += len(data)
         return data
 

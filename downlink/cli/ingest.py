@@ -128,6 +128,10 @@ async def _ingest_file(settings: Settings, file: Path, contact: Optional[str], r
     from consumers.ingest import ingest_file
 
     _stop_on_sigterm()
+    if rate_bps is None:  # a recorded dump, not a live feed: background work
+        from consumers.framework.priority import yield_to_realtime
+
+        yield_to_realtime(settings, "ingest of a recorded dump")
     bar = _progress_bar()
     try:
         task = bar.add_task(contact or file.stem, total=None)
