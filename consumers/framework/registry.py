@@ -26,18 +26,26 @@ class ServiceSpec:
     #: started by ``downlink run`` when no ``--only`` is given
     default: bool = True
     description: str = ""
+    #: background work: a process running only such services yields the CPU to real-time ones
+    #: (``run.bulk_nice``); demux is not, it carries gap alerts and dumps' real-time packets
+    bulk: bool = False
 
 
 SERVICES: dict[str, ServiceSpec] = {spec.name: spec for spec in (
     ServiceSpec("demux", "consumers.demux.service:Demux", description="raw chunks -> telemetry topics"),
-    ServiceSpec("l0", "consumers.l0.service:L0Assembler", description="science runs -> L0 files"),
-    ServiceSpec("l1b", "consumers.l1b.service:L1b", description="L0 files -> uncal FITS -> cal.requests"),
+    ServiceSpec("l0", "consumers.l0.service:L0Assembler", description="science runs -> L0 files", bulk=True),
+    ServiceSpec("l1b", "consumers.l1b.service:L1b", description="L0 files -> uncal FITS -> cal.requests", bulk=True),
     ServiceSpec("realtime", "consumers.realtime.service:Realtime", description="real-time engineering and alerts -> MQTT"),
     ServiceSpec("dashboard", "consumers.dashboard.service:Dashboard", default=False, description="live engineering dashboard (Open MCT)"),
-    ServiceSpec("archive", "consumers.archive.service:ArchiveSink", description="l0.ready, cal.done, recorded engineering -> catalogue"),
+    ServiceSpec("archive", "consumers.archive.service:ArchiveSink", description="l0.ready, cal.done, recorded engineering -> catalogue", bulk=True),
     ServiceSpec("api", "consumers.archive.api.server:ApiServer", default=False, description="archive API (HTTP)"),
-    ServiceSpec("calibrate", "consumers.calibrate.service:Calibrate", description="cal.requests -> rate, rateints, cal, i2d -> cal.done"),
+    ServiceSpec("calibrate", "consumers.calibrate.service:Calibrate", description="cal.requests -> rate, rateints, cal, i2d -> cal.done", bulk=True),
 )}
+
+
+def is_bulk(names: list[str]) -> bool:
+    """True when every named service is background work (see :attr:`ServiceSpec.bulk`)."""
+    return bool(names) and all(SERVICES[n].bulk for n in names if n in SERVICES)
 
 
 def names(default_only: bool = False) -> list[str]:

@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
 
         names = ([n.strip() for n in only.split(",") if n.strip()] if only is not None
                  else registry.names(default_only=True))
+        _background_if_bulk(settings, names)
         raise typer.Exit(asyncio.run(run_services(settings, names, until_idle=until_idle, instance=instance)))
 
     @app.command("consumer")
@@ -41,4 +42,14 @@ def register(app: typer.Typer) -> None:
         from consumers.framework.runner import run_services
 
         settings = settings_of(ctx).replace(**({"metrics_port": metrics_port} if metrics_port is not None else {}))
+        _background_if_bulk(settings, [name])
         raise typer.Exit(asyncio.run(run_services(settings, [name], until_idle=until_idle, instance=instance)))
+
+
+def _background_if_bulk(settings, names: list[str]) -> None:
+    """A process of bulk services only yields the CPU to real-time ones (run.bulk_nice)."""
+    from consumers.framework import registry
+    from consumers.framework.priority import yield_to_realtime
+
+    if registry.is_bulk(names):
+        yield_to_realtime(settings, ",".join(names))
