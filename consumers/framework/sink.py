@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -38,6 +39,9 @@ class SinkService(ConsumingService):
     def __init__(self, settings, **kw: Any) -> None:
         super().__init__(settings, **kw)
         self._failures = 0
+        #: the offset commit in flight: the next batch is fetched and handled meanwhile (a commit
+        #: is a broker round trip, 5-45 ms on a loaded machine, that real-time values would wait)
+        self._commit: asyncio.Future | None = None
 
     async def on_start(self) -> None:
         self.producer = make_producer(self.settings)
@@ -46,8 +50,21 @@ class SinkService(ConsumingService):
         await self.open_consumer()
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._committed()  # a clean stop commits the last batch handled
         await super().close()
         await self.close_sink()
+
+    async def _committed(self) -> None:
+        """Wait for the commit in flight (re-raising its failure: CommitFailedError -> redo)."""
+        commit, self._commit = self._commit, None
+        if commit is not None:
+            await commit
+
+    async def on_revoked(self, revoked) -> None:
+        with contextlib.suppress(Exception):
+            await self._committed()  # while the partitions are still ours
+        await super().on_revoked(revoked)
 
     async def run(self) -> None:
         while not self._stopping.is_set():
@@ -83,12 +100,16 @@ class SinkService(ConsumingService):
                 await self.produce(outputs)
             if self._stale:
                 self._stale = False
+                with contextlib.suppress(Exception):
+                    await self._committed()
                 await self.rewind()
                 return
             if got:
                 self.last_activity = time.monotonic()
                 assert self.consumer is not None
-                await self.consumer.commit({tp: recs[-1].offset + 1 for tp, recs in got})
+                await self._committed()  # commits stay in order, one in flight
+                self._commit = asyncio.ensure_future(
+                    self.consumer.commit({tp: recs[-1].offset + 1 for tp, recs in got}))
 
     async def produce(self, outputs: list[Output]) -> None:
         """Produce and await acknowledgement (before offsets are committed)."""
@@ -110,6 +131,8 @@ class SinkService(ConsumingService):
         metrics.RETRIES.labels(self.name, type(exc).__name__[:40]).inc()
         log.warning("sink batch failed; retrying from the last commit", extra={
             "service": self.name, "error": repr(exc), "attempt": self._failures, "backoff_s": delay})
+        with contextlib.suppress(Exception):
+            await self._committed()
         await self.backoff_pause(delay)
         async with self._batch_lock:
             await self.rewind()
@@ -117,6 +140,8 @@ class SinkService(ConsumingService):
     async def caught_up(self) -> bool:
         if self._batch_lock.locked():
             return False  # a fetched batch is being handled: positions are at the end, the effect is not
+        if self._commit is not None and not self._commit.done():
+            return False  # its offsets are not committed yet
         return await super().caught_up()
 
     # hooks -----------------------------------------------------------------------------------
