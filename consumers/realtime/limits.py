@@ -56,6 +56,19 @@ def _narrow(pair: Pair, deadband: float) -> Pair:
     return (lo + band, hi - band)
 
 
+def _level1(v: float, yellow: Pair, red: Pair) -> int:
+    if red is not None and (v < red[0] or v > red[1]):
+        return RED
+    if yellow is not None and (v < yellow[0] or v > yellow[1]):
+        return YELLOW
+    return NOMINAL
+
+
+#: batches up to this size are checked sample by sample: a real-time packet brings one sample
+#: per parameter, and numpy's per-call cost (~50 us) would dominate the decommutation
+SCALAR_MAX = 4
+
+
 def _level(v: np.ndarray, yellow: Pair, red: Pair) -> np.ndarray:
     out = np.full(v.shape, NOMINAL, dtype=np.int8)
     if yellow is not None:
@@ -95,6 +108,8 @@ class LimitTracker:
         transitions: list[Transition] = []
         if not self.checked or n == 0:
             return states, transitions
+        if n <= SCALAR_MAX:
+            return self._update_few(v.tolist(), states)
         enter = _level(v, self.yellow, self.red)
         exit_ = _level(v, self.exit_yellow, self.exit_red)
         i = 0
@@ -119,4 +134,25 @@ class LimitTracker:
             transitions.append(Transition(i + j, s, new))
             self.state, self.run = new, 0
             i += j + 1
+        return states, transitions
+
+    def _update_few(self, values: list[float], states: np.ndarray) -> tuple[np.ndarray, list[Transition]]:
+        """The same rule, one sample at a time (no numpy per sample)."""
+        transitions: list[Transition] = []
+        for i, v in enumerate(values):
+            s = self.state
+            enter = _level1(v, self.yellow, self.red)
+            if enter > s:
+                want = enter
+            else:
+                x = _level1(v, self.exit_yellow, self.exit_red)
+                want = x if x < s else s
+            if want == s:
+                self.run = 0
+            else:
+                self.run += 1
+                if self.run >= self.persistence:
+                    transitions.append(Transition(i, s, want))
+                    self.state, self.run = want, 0
+            states[i] = self.state
         return states, transitions

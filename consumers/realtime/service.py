@@ -126,6 +126,7 @@ class Realtime(SinkService):
                     self.publisher.set_state(topic, payload, received)
                 for kind, payload in update.alerts:
                     alerted |= self._alert(kind, payload)
+                await asyncio.sleep(0)  # the publisher sends this packet's values before the next is read
             elif isinstance(value, OpsAlert):
                 for kind, payload in from_ops_alert(value):
                     alerted |= self._alert(kind, payload)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from unittest.mock import patch
+
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from consumers.realtime import limits as limits_module
 from consumers.realtime.limits import LimitTracker
 from streams.dictionary import NOMINAL, RED, YELLOW
 
@@ -76,3 +81,30 @@ def test_parameter_without_limits_never_changes():
     t = LimitTracker(None, None)
     states, trans = t.update(np.array([1e9, -1e9]))
     assert trans == [] and states.tolist() == [0, 0]
+
+
+@given(values=st.lists(st.one_of(st.floats(-10, 10), st.just(float("nan"))), min_size=1, max_size=60),
+       persistence=st.integers(1, 4), deadband=st.sampled_from([0.0, 0.1, 0.3]),
+       cuts=st.lists(st.integers(1, 7), min_size=1, max_size=30))
+def test_small_batches_follow_the_same_rule_as_the_vectorized_path(values, persistence, deadband, cuts):
+    """One sample per packet takes the scalar path; its states and transitions are the numpy path's."""
+    def run(tracker, batches):
+        states, changes, base = [], [], 0
+        for b in batches:
+            st_, tr = tracker.update(np.array(b))
+            states += st_.tolist()
+            changes += [(base + t.index, t.old, t.new) for t in tr]
+            base += len(b)
+        return states, changes
+
+    def tracker():
+        return LimitTracker((-3.0, 3.0), (-6.0, 6.0), persistence=persistence, deadband=deadband)
+    batches, i, k = [], 0, 0
+    while i < len(values):
+        n = cuts[k % len(cuts)]
+        batches.append(values[i:i + n])
+        i, k = i + n, k + 1
+    whole = tracker()
+    with patch.object(limits_module, "SCALAR_MAX", 0):
+        want = run(whole, [values])
+    assert run(tracker(), batches) == want
