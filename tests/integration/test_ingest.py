@@ -80,6 +80,15 @@ def check_contact(messages: list[RawMessage], contact: str, data: bytes, chunk: 
     assert all(len(m.value) == chunk for m in chunks[:-1])
     assert b"".join(m.value for m in sorted(chunks, key=lambda m: int(m.headers["offset"]))) == data
     assert marker.value == b""
+    # a live feed's chunks say what its real-time tap covered (never past their own end);
+    # a live feed's marker: all of it
+    for m in chunks:
+        if "rt_through" in m.headers:
+            assert int(m.headers["rt_from"]) <= int(m.headers["rt_through"]) \
+                <= int(m.headers["offset"]) + len(m.value)
+    if "rt_through" in marker.headers:
+        assert int(marker.headers.pop("rt_through")) == len(data)
+        marker.headers.pop("rt_from")
     assert marker.headers == {
         "contact": contact.encode(),
         "chunk_seq": str(len(chunks)).encode(),

@@ -23,12 +23,13 @@ from consumers.framework.runner import run_services
 from consumers.realtime.decom import FINE_PER_S
 from consumers.realtime.publisher import broker_address
 from core.settings import Settings
+from streams.decoder import PacketIndex
 from streams.dictionary import load_dictionary
 from streams.kafka import make_consumer
 from streams.simulator.emit import time_code
 from streams.simulator.options import FaultSpec, SimOptions
 from streams.simulator.run import realtime_truth, simulate
-from tests.integration.helpers import ingest
+from tests.integration.helpers import cli, ingest, read_all
 
 pytestmark = pytest.mark.integration
 
@@ -138,16 +139,29 @@ async def _run_until_idle(settings: Settings, names: list[str]) -> None:
 
 # -- tests -------------------------------------------------------------------------------------
 
-async def test_every_parameter_matches_the_simulator_truth(settings, topics, tmp_path):
+@pytest.mark.parametrize("feed", ["dump", "live"])
+async def test_every_parameter_matches_the_simulator_truth(settings, topics, tmp_path, feed):
+    """``dump``: an unpaced file, demux publishes the real-time packets; ``live``: a paced feed,
+    ingest's real-time tap publishes them at reception and demux only what it did not cover."""
     settings = rt_settings(settings)
     path, truth, options = sim(tmp_path, seed=21, contact="RT1")
     series = {t.apid: t for t in realtime_truth(options)}
     rows = truth_by_packet(options)
-    ingest(settings, path, "RT1")
+    if feed == "live":
+        cli(settings, "ingest", str(path), "--contact", "RT1", "--rate", "400Mbps")
+        batches = [m for _, m in await read_all(settings, "tlm.eng.realtime")]
+        assert batches and all(b["source"] == 0 for b in batches)  # the tap's, before demux ran
+    else:
+        ingest(settings, path, "RT1")
     try:
         async with MqttTap(settings) as tap:
             await _run_until_idle(settings, ["demux", "realtime"])
             await asyncio.sleep(0.5)
+        if feed == "live":  # tap and demux together: every real-time packet once on the topic
+            on_topic = Counter(off for _, b in await read_all(settings, "tlm.eng.realtime")
+                               for off in PacketIndex.from_bytes(b["index"]).stream_offset.tolist())
+            assert set(on_topic.values()) == {1}
+            assert len(on_topic) == sum(len(ser.times) for ser in series.values())
         eng = tap.eng()
         seen_params = set()
         for topic, payload in eng:
