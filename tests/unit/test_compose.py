@@ -184,3 +184,16 @@ def test_image_copies_every_package():
     for pattern in include:
         package = pattern.rstrip("*")
         assert f"COPY {package} ./{package}" in dockerfile, f"Dockerfile does not copy {package}/"
+
+
+def test_bulk_services_yield_the_cpu_to_real_time_ones(ours):
+    """Containers of bulk services only get fewer CPU shares; the real-time path keeps the default."""
+    for name, svc in ours.items():
+        names = service_names(svc)
+        if not names:
+            continue
+        shares = svc.get("cpu_shares", 1024)
+        if registry.is_bulk(names):
+            assert shares < 1024, f"{name}: bulk work should yield the CPU (cpu_shares)"
+        else:
+            assert shares >= 1024, f"{name}: carries real-time work, keep the default CPU shares"
