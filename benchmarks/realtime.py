@@ -1,10 +1,13 @@
-"""Real-time latency: a real-time packet's raw chunk produced to ``downlink.raw`` -> its MQTT message.
+"""Real-time latency: a real-time packet received by the ground system -> its MQTT message.
 
 What is timed, per real-time engineering packet of the probe contact: from
-the Kafka timestamp of the raw chunk that carried it (CreateTime, set by
-ingest's producer when the chunk is sent; the realtime service copies it into
-every MQTT payload as ``raw_ts``) to the moment a subscriber in this process
-receives the first MQTT message of that packet. Same machine, same clock.
+the packet's ``raw_ts`` — its reception by ingest's real-time tap (a live
+feed: the probe is paced at the downlink rate), or for a packet demux
+publishes the Kafka timestamp of its raw chunk — to the moment a subscriber
+in this process receives the first MQTT message of that packet (the realtime
+service copies ``raw_ts`` into every payload). Same machine, same clock. The
+reception comes before the packet's 1 MiB raw chunk is even complete, so
+this is stricter than timing from the chunk's production.
 
 Two phases, each with a fresh probe contact simulated at the Ka-band rate and
 ingested paced at that rate (28 Mbit/s):
@@ -13,10 +16,11 @@ ingested paced at that rate (28 Mbit/s):
 2. under load: a bulk contact is ingested unpaced at the same time and demux
    and l0 process it at full speed (same demux process, as in operations).
 
-It also reports demux's share (raw chunk produced -> its ``tlm.eng.realtime``
-record appended by the broker: the topic is switched to LogAppendTime for the
-run), realtime's share (that append -> the packet's MQTT message) and the raw
-partition of each contact.
+It also reports the share up to Kafka (``raw_ts`` -> its ``tlm.eng.realtime``
+record appended by the broker, the topic switched to LogAppendTime for the
+run: the tap's send, or demux's decoding), realtime's share (that append ->
+the packet's MQTT message) and the raw partition of each contact. Processes
+run as in operations: l0 and the unpaced dump at ``run.bulk_nice``.
 
 Keys: ``p50_ms``, ``p95_ms``, ``p99_ms`` (alone), ``p99_ms_under_load`` and
 ``p50_ms_under_load`` (goal p99 under load < 100 ms). The topics and MQTT
