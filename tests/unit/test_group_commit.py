@@ -93,6 +93,18 @@ class Harness:
     async def step(self) -> bool:
         return await self.svc._one_batch()
 
+    async def three_batches_behind_a_slow_commit(self) -> None:
+        """Batch a's commit waits; b and c are processed meanwhile; then everything commits."""
+        self.producer.gate.clear()
+        self.batch(b"a")
+        await self.step()
+        await _until(lambda: self.producer.begun == 1)
+        for v in (b"b", b"c"):
+            self.batch(v)
+            await self.step()
+        self.producer.gate.set()
+        await self.svc.drain()
+
 
 @pytest.fixture
 def h(settings) -> Harness:
@@ -170,16 +182,7 @@ async def test_batches_of_different_generations_never_share_a_transaction(h: Har
         elif where == "commit":
             seen.append(fencing.bound_generation())
     monkeypatch.setattr(fencing, "check", check_gen)
-    h.producer.gate.clear()
-    h.batch(b"a")
-    await h.step()
-    await _until(lambda: h.producer.begun == 1)
-    h.batch(b"b")
-    await h.step()
-    h.batch(b"c")
-    await h.step()
-    h.producer.gate.set()
-    await h.svc.drain()
+    await h.three_batches_behind_a_slow_commit()
     assert [t["sent"] for t in h.producer.transactions] == [[b"a"], [b"b"], [b"c"]]
     assert seen == [1, 1, 2]
 
@@ -258,15 +261,6 @@ async def test_a_queued_batch_commits_its_messages_as_they_were_when_processed(s
             return [Output("out", OpsAlert(contact="C", type="gap", severity="info", time=0.0,
                                            detail=shared))]
     h = Harness(settings, Stateful)
-    h.producer.gate.clear()
-    h.batch(b"a")
-    await h.step()
-    await _until(lambda: h.producer.begun == 1)
-    h.batch(b"b")
-    await h.step()
-    h.batch(b"c")
-    await h.step()
-    h.producer.gate.set()
-    await h.svc.drain()
+    await h.three_batches_behind_a_slow_commit()
     sent = [OpsAlert.decode(v).detail["ranges"] for t in h.producer.transactions for v in t["sent"]]
     assert sent == [[0], [0, 1], [0, 1, 2]]
