@@ -118,6 +118,8 @@ class IngestSettings:
     realtime_tap: bool = True
     #: a live feed is read (and tapped) in pieces of at most this many bytes (~5 ms at 28 Mbit/s)
     tap_read_bytes: int = _n(16 << 10, gt=0)
+    #: the tap also sends each sequence gap of a live feed to ops.alerts at reception
+    tap_gap_alerts: bool = True
 
 
 @dataclass(frozen=True)

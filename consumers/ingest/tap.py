@@ -18,17 +18,30 @@ by an ingest restart, an unpaced dump that has no tap). The stream decoder
 gives the same packets for any split of the stream, so the two agree.
 Delivery is at least once (a crash between a tap send and the chunk
 repeats it on the resume); the realtime service de-duplicates.
+
+**Gap alerts at reception.** The tap also counts every decoded packet's
+sequence with demux's accounting rule (:mod:`consumers.demux.accounting`,
+same settings) and sends each *gap* to ``ops.alerts`` at once, coalesced
+like demux's (``detail.origin = "ingest"``). Demux's accounting stays the
+record of the contact and sends its own gap alerts later; the realtime
+service gives an MQTT alert the identity of what it reports (contact, APID,
+source, first count, count), so the operator hears of a gap once, from
+whichever came first. The tap's counts start where the ingest run starts: a
+gap across an ingest restart is only demux's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
 import numpy as np
 from aiokafka import AIOKafkaProducer
 
+from consumers.demux.accounting import ContactAccount, Rules
+from consumers.demux.alerts import AlertCoalescer
 from core.settings import Settings
 from monitoring.metrics import BYTES_OUT, MESSAGES_OUT
 from streams.batching import ENVELOPE_MARGIN, eng_batches
@@ -40,6 +53,7 @@ from streams.validation import Limits, validate
 log = logging.getLogger(__name__)
 
 TOPIC = "tlm.eng.realtime"
+ALERTS = "ops.alerts"
 
 
 class RealtimeTap:
@@ -58,14 +72,23 @@ class RealtimeTap:
         self.budget = settings.kafka.max_message_bytes - ENVELOPE_MARGIN
         self.packets = 0
         self._sent: list[asyncio.Future] = []
+        self.account = ContactAccount(contact, rules=Rules.from_settings(settings)) \
+            if settings.ingest.tap_gap_alerts else None
+        d = settings.demux
+        self.alerts = AlertCoalescer(d.alert_window_seconds, d.alert_max_ranges)
+        self.alerts_topic = settings.topic(ALERTS)
+        self.gaps = 0
 
     async def feed(self, data: bytes) -> None:
         """Bytes just received (in stream order)."""
         await self._publish(self.decoder.feed(data))
 
     async def finish(self) -> None:
-        """End of the stream: what the decoder still held."""
+        """End of the stream: what the decoder still held, and the accounting's held decisions."""
         await self._publish(self.decoder.flush())
+        if self.account is not None:
+            self._gaps(self.account.finish())
+        await self._send_alerts(force=True)
 
     @property
     def through(self) -> int:
@@ -74,15 +97,35 @@ class RealtimeTap:
 
     async def headers(self) -> list[tuple[str, bytes]]:
         """The coverage headers of the raw chunk about to be sent, once every tap send is acknowledged."""
+        await self._send_alerts(force=True)
         if self._sent:
             sent, self._sent = self._sent, []
             await asyncio.gather(*sent)
         return [("rt_from", str(self.start).encode()), ("rt_through", str(self.through).encode())]
 
+    def _gaps(self, events) -> None:
+        for ev in events:
+            if ev.type == "gap":
+                self.gaps += 1
+                self.alerts.add(self.contact, "gap", "warning", ev.first_seq, ev.count, apid=ev.apid,
+                                source=ev.source, stream_offset=ev.stream_offset)
+
+    async def _send_alerts(self, force: bool) -> None:
+        for alert in self.alerts.flush(force=force):
+            alert = dataclasses.replace(alert, detail={**alert.detail, "origin": "ingest"})
+            payload = alert.encode()
+            self._sent.append(await self.producer.send(self.alerts_topic, payload,
+                                                       key=self.contact.encode()))
+            MESSAGES_OUT.labels("ingest", ALERTS).inc()
+            BYTES_OUT.labels("ingest", ALERTS).inc(len(payload))
+
     async def _publish(self, decoded: DecodedChunk) -> None:
         pk = decoded.packets
         if len(pk) == 0:
             return
+        if self.account is not None:
+            self._gaps(self.account.update(pk.apid, pk.source, pk.seq, pk.stream_offset))
+            await self._send_alerts(force=False)
         live = (pk.kind == Kind.ENG) & (pk.source == Source.REALTIME)
         if not live.any():
             return

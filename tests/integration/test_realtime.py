@@ -222,13 +222,21 @@ def _published_gaps(tap: MqttTap) -> Counter:
     return Counter((a["apid"], a["source"], a["first_seq"], a["count"]) for a in tap.alerts("gap"))
 
 
+@pytest.mark.parametrize("feed", ["dump", "live"])
 async def test_gap_alerts_once_per_range_and_never_twice_after_a_restart(settings, topics, tmp_path,
-                                                                        producer_factory):
+                                                                        producer_factory, feed):
+    """``live``: ingest's tap sends each gap at reception and demux sends it again later; the
+    operator still gets one alert per range."""
     settings = rt_settings(settings)
     path, truth, _ = sim(tmp_path, seed=22, contact="GAP1", faults="drop=0.01")
     expected = _expected_gaps(truth, "GAP1")
     assert sum(expected.values()) >= 5
-    ingest(settings, path, "GAP1")
+    if feed == "live":
+        cli(settings, "ingest", str(path), "--contact", "GAP1", "--rate", "400Mbps")
+        early = [m for _, m in await read_all(settings, "ops.alerts")]  # before demux ran
+        assert early and all(a["detail"].get("origin") == "ingest" for a in early)
+    else:
+        ingest(settings, path, "GAP1")
     try:
         async with MqttTap(settings) as tap:
             await _run_until_idle(settings, ["demux", "realtime"])

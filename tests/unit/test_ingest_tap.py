@@ -68,6 +68,14 @@ class Pieces:
 
 
 @pytest.fixture(scope="module")
+def lossy(tmp_path_factory) -> bytes:
+    tmp = tmp_path_factory.mktemp("lossy")
+    simulate(SimOptions(seed=32, exposures=6, contact="TP", max_subarray=128,
+                        faults=FaultSpec.parse("drop=0.05,dup=0.01,hostile=0.005")), tmp / "TP.bin")
+    return (tmp / "TP.bin").read_bytes()
+
+
+@pytest.fixture(scope="module")
 def contact(tmp_path_factory) -> bytes:
     tmp = tmp_path_factory.mktemp("tap")
     simulate(SimOptions(seed=31, exposures=4, contact="TP", max_subarray=128,
@@ -152,3 +160,47 @@ async def test_without_the_tap_demux_publishes_everything(settings, contact):
     assert not [t for t, _, _ in rec.sent if t.endswith("tlm.eng.realtime")]
     raw = [r for r in rec.sent if r[0] == RAW.topic]
     assert offsets(route(raw)) == expected(contact)
+
+
+def gap_ranges(values: list[bytes]) -> set[tuple]:
+    """(APID, source, first count, count) of every gap range in ops.alerts messages."""
+    from streams.messages import OpsAlert
+
+    out = set()
+    for v in values:
+        a = OpsAlert.decode(v)
+        if a.type == "gap":
+            out |= {(a.apid, a.source, int(f), int(n)) for f, n in a.ranges}
+    return out
+
+
+def demux_gap_ranges(records: list[tuple[str, bytes, list]]) -> set[tuple]:
+    router = Router(ENG, sci_partitions=2, max_message_bytes=16 << 20, limits=Limits(eng_lengths=ENG))
+    out = []
+    for n, (_, value, headers) in enumerate(records):
+        h = {k: v.decode() for k, v in headers}
+        e = router.record(Record("downlink.raw", RAW, n, b"TP", value, h, 0))
+        out += [o.value.encode() for o in e.fast + e.bulk if o.topic == "ops.alerts"]
+    out += [o.value.encode() for o in router.end_batch().fast if o.topic == "ops.alerts"]
+    return gap_ranges(out)
+
+
+async def test_the_tap_reports_every_gap_demux_reports_and_no_other(settings, lossy):
+    """Same accounting rule, same packets: the operator's gap alerts (identified by what they
+    report) are the same whether the tap's or demux's arrive first."""
+    settings = settings.replace(ingest_chunk_bytes=64 << 10, ingest_tap_read_bytes=3000)
+    rec = await run_ingest(settings, lossy, ResumePoint(), 5)
+    tap = gap_ranges([v for t, v, _ in rec.sent if t.endswith("ops.alerts")])
+    raw = [r for r in rec.sent if r[0] == RAW.topic]
+    demux = demux_gap_ranges(raw)
+    assert len(demux) >= 5 and tap == demux
+
+
+async def test_after_an_ingest_restart_the_tap_invents_no_gap(settings, lossy):
+    settings = settings.replace(ingest_chunk_bytes=64 << 10, ingest_tap_read_bytes=3000)
+    first = await run_ingest(settings, lossy, ResumePoint(), 7, max_chunks=3)
+    raw1 = [r for r in first.sent if r[0] == RAW.topic]
+    resume = ResumePoint(offset=sum(len(v) for _, v, _ in raw1), chunk_seq=len(raw1))
+    second = await run_ingest(settings, lossy, resume, 8)
+    tap = gap_ranges([v for r in (first, second) for t, v, _ in r.sent if t.endswith("ops.alerts")])
+    assert tap and tap <= demux_gap_ranges(raw1 + [r for r in second.sent if r[0] == RAW.topic])
