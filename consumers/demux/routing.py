@@ -18,7 +18,9 @@ coalescer. For each ``downlink.raw`` record (:meth:`Router.record`) it
 4. returns them split into the **fast lane** (real-time engineering and
    sequence-anomaly alerts of this chunk: the service sends them at once,
    at-least-once) and the **bulk** part (everything else: produced in the
-   batch's transaction, exactly once).
+   batch's transaction, exactly once). Real-time packets inside the raw
+   record's ``rt_from``/``rt_through`` range were already published by
+   ingest's real-time tap and are left out (:func:`tapped_range`).
 
 Every message stays under ``kafka.max_message_bytes``: runs of packets are
 cut into pieces whose packets plus index fit. :meth:`Router.end_batch` sends
