@@ -107,15 +107,21 @@ async def run_ingest(settings, data: bytes, resume: ResumePoint, seed: int,
     return rec
 
 
-def route(records: list[tuple[str, bytes, list]]) -> list[bytes]:
-    """Demux's fast-lane real-time messages for the raw records."""
+def demux_out(records: list[tuple[str, bytes, list]], topic: str = "tlm.eng.realtime") -> list[bytes]:
+    """What demux's router produces on ``topic`` for the raw records (both lanes, batch end too)."""
     router = Router(ENG, sci_partitions=2, max_message_bytes=16 << 20, limits=Limits(eng_lengths=ENG))
     out = []
     for n, (_, value, headers) in enumerate(records):
         h = {k: v.decode() for k, v in headers}
-        emitted = router.record(Record("downlink.raw", RAW, n, b"TP", value, h, 0))
-        out += [o.value.encode() for o in emitted.fast if o.topic == "tlm.eng.realtime"]
-    return out
+        e = router.record(Record("downlink.raw", RAW, n, b"TP", value, h, 0))
+        out += [o.value.encode() for o in e.fast + e.bulk if o.topic == topic]
+    end = router.end_batch()
+    return out + [o.value.encode() for o in end.fast + end.bulk if o.topic == topic]
+
+
+def route(records: list[tuple[str, bytes, list]]) -> list[bytes]:
+    """Demux's real-time messages for the raw records."""
+    return demux_out(records)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -175,14 +181,7 @@ def gap_ranges(values: list[bytes]) -> set[tuple]:
 
 
 def demux_gap_ranges(records: list[tuple[str, bytes, list]]) -> set[tuple]:
-    router = Router(ENG, sci_partitions=2, max_message_bytes=16 << 20, limits=Limits(eng_lengths=ENG))
-    out = []
-    for n, (_, value, headers) in enumerate(records):
-        h = {k: v.decode() for k, v in headers}
-        e = router.record(Record("downlink.raw", RAW, n, b"TP", value, h, 0))
-        out += [o.value.encode() for o in e.fast + e.bulk if o.topic == "ops.alerts"]
-    out += [o.value.encode() for o in router.end_batch().fast if o.topic == "ops.alerts"]
-    return gap_ranges(out)
+    return gap_ranges(demux_out(records, "ops.alerts"))
 
 
 async def test_the_tap_reports_every_gap_demux_reports_and_no_other(settings, lossy):
