@@ -44,7 +44,7 @@ from consumers.framework.service import Output, Record
 from monitoring import metrics
 from streams.batching import ENVELOPE_MARGIN, eng_batches, extract, groups, pieces
 from streams.decoder import DecodedChunk, StreamDecoder
-from streams.messages import DeadLetter, DemuxState, EngBatch, OpsAlert, SciEoc, SciRun
+from streams.messages import DeadLetter, DemuxState, OpsAlert, SciEoc, SciRun
 from streams.packets import ExposureTag, Kind, Source
 from streams.validation import REASONS, Limits, tag_valid, validate
 
@@ -94,7 +94,11 @@ class Emitted:
         self.bulk += other.bulk
 
 
-def tapped_range(headers: dict[str, str]) -> tuple[int, int] | None:
+#: ``[rt_from, rt_through)`` of the raw record being routed, or None (:func:`tapped_range`)
+Tapped = tuple[int, int] | None
+
+
+def tapped_range(headers: dict[str, str]) -> Tapped:
     """``[rt_from, rt_through)`` of a raw record: every valid real-time engineering packet lying
     wholly inside it was published by ingest's real-time tap before the record was sent
     (``consumers.ingest.tap``). Absent or unreadable: demux publishes them itself."""
@@ -120,8 +124,6 @@ class Router:
         self.wall = wall
         self.alerts = AlertCoalescer(alert_window, alert_max_ranges, clock=clock, wall=wall)
         self.passes = Passes()
-        #: stream range whose real-time packets ingest's tap already published (current record)
-        self._tapped: tuple[int, int] | None = None
         self.contacts: dict[str, ContactState] = {}
         self.touched: set[str] = set()
 
@@ -172,14 +174,11 @@ class Router:
         if state is None:
             return out
         self.touched.add(state.contact)
-        self._tapped = tapped_range(h)
-        try:
-            if eoc:
-                self._end_contact(state, offset, out)
-            else:
-                self._chunk(state, offset, rec.value, rec.timestamp, out)
-        finally:
-            self._tapped = None
+        tapped = tapped_range(h)
+        if eoc:
+            self._end_contact(state, offset, out, tapped)
+        else:
+            self._chunk(state, offset, rec.value, rec.timestamp, out, tapped)
         return out
 
     def end_batch(self) -> Emitted:
@@ -217,7 +216,7 @@ class Router:
         return state
 
     def _chunk(self, state: ContactState, offset: int, value: bytes, raw_ts: int,
-               out: Emitted) -> None:
+               out: Emitted, tapped: Tapped) -> None:
         contact = state.contact
         end = offset + len(value)
         if offset < state.next_offset:
@@ -234,25 +233,25 @@ class Router:
             value = value[seen:]
             offset = state.next_offset
         elif offset > state.next_offset:
-            self._discontinuity(state, offset, out)
+            self._discontinuity(state, offset, out, tapped)
         metrics.BYTES_IN.inc(len(value))
         state.account.bytes += len(value)
-        self._route(state, state.decoder.feed(value, offset), raw_ts, out)
+        self._route(state, state.decoder.feed(value, offset), raw_ts, out, tapped)
         self._flush_alerts(out, force=False)
 
-    def _discontinuity(self, state: ContactState, offset: int, out: Emitted) -> None:
+    def _discontinuity(self, state: ContactState, offset: int, out: Emitted, tapped: Tapped) -> None:
         """Raw bytes never reached Kafka: report, drop the partial packet, restart there."""
         lost = offset - state.next_offset
-        self._route(state, state.decoder.flush(), 0, out)
+        self._route(state, state.decoder.flush(), 0, out, tapped)
         state.decoder = StreamDecoder(self.eng_lengths, stream_offset=offset)
         out.bulk.append(self._alert(state.contact, "raw_gap", "warning",
                                     stream_offset=offset - lost, count=lost))
         log.warning("raw stream discontinuity", extra={"contact": state.contact, "lost_bytes": lost})
 
-    def _end_contact(self, state: ContactState, total: int, out: Emitted) -> None:
+    def _end_contact(self, state: ContactState, total: int, out: Emitted, tapped: Tapped) -> None:
         if total > state.next_offset:
-            self._discontinuity(state, total, out)
-        self._route(state, state.decoder.flush(), 0, out)
+            self._discontinuity(state, total, out, tapped)
+        self._route(state, state.decoder.flush(), 0, out, tapped)
         self._account_events(state, state.account.finish())
         state.account.ended = True
         self._flush_alerts(out, force=True, contact=state.contact)
@@ -268,7 +267,8 @@ class Router:
                                          "missing": report["missing"]})
 
     # packets -------------------------------------------------------------------------------------
-    def _route(self, state: ContactState, decoded: DecodedChunk, raw_ts: int, out: Emitted) -> None:
+    def _route(self, state: ContactState, decoded: DecodedChunk, raw_ts: int, out: Emitted,
+               tapped: Tapped) -> None:
         contact = state.contact
         key = contact.encode()
         for skip in decoded.skipped:
@@ -302,8 +302,8 @@ class Router:
         for source, topic, lane in ((Source.REALTIME, "tlm.eng.realtime", out.fast),
                                     (Source.RECORDED, "tlm.eng.recorded", out.bulk)):
             sel = eng & (pk.source == source)
-            if source == Source.REALTIME and self._tapped is not None:
-                lo, hi = self._tapped  # ingest's tap published these at reception
+            if source == Source.REALTIME and tapped is not None:
+                lo, hi = tapped  # ingest's tap published these at reception
                 end = pk.stream_offset.astype(np.int64) + pk.length
                 sel &= ~((pk.stream_offset >= lo) & (end <= hi))
             sel = np.flatnonzero(sel)

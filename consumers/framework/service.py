@@ -23,11 +23,10 @@ HTTP app).
 
 from __future__ import annotations
 
-import dataclasses
-
 import abc
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from concurrent.futures import ProcessPoolExecutor

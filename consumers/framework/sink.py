@@ -50,20 +50,21 @@ class SinkService(ConsumingService):
         await self.open_consumer()
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self._committed()  # a clean stop commits the last batch handled
+        await self._committed(quiet=True)  # a clean stop commits the last batch handled
         await super().close()
         await self.close_sink()
 
-    async def _committed(self) -> None:
-        """Wait for the commit in flight (re-raising its failure: CommitFailedError -> redo)."""
+    async def _committed(self, *, quiet: bool = False) -> None:
+        """Wait for the commit in flight, re-raising its failure (CommitFailedError -> redo)
+        unless ``quiet``: a rewind, a revoke or a stop follows, which redoes what it lost."""
         commit, self._commit = self._commit, None
-        if commit is not None:
+        if commit is None:
+            return
+        with contextlib.suppress(Exception) if quiet else contextlib.nullcontext():
             await commit
 
     async def on_revoked(self, revoked) -> None:
-        with contextlib.suppress(Exception):
-            await self._committed()  # while the partitions are still ours
+        await self._committed(quiet=True)  # while the partitions are still ours
         await super().on_revoked(revoked)
 
     async def run(self) -> None:
@@ -100,8 +101,7 @@ class SinkService(ConsumingService):
                 await self.produce(outputs)
             if self._stale:
                 self._stale = False
-                with contextlib.suppress(Exception):
-                    await self._committed()
+                await self._committed(quiet=True)
                 await self.rewind()
                 return
             if got:
@@ -131,8 +131,7 @@ class SinkService(ConsumingService):
         metrics.RETRIES.labels(self.name, type(exc).__name__[:40]).inc()
         log.warning("sink batch failed; retrying from the last commit", extra={
             "service": self.name, "error": repr(exc), "attempt": self._failures, "backoff_s": delay})
-        with contextlib.suppress(Exception):
-            await self._committed()
+        await self._committed(quiet=True)
         await self.backoff_pause(delay)
         async with self._batch_lock:
             await self.rewind()

@@ -68,27 +68,24 @@ class RealtimeTap:
         self.start = start
         self.decoder = StreamDecoder(lengths, stream_offset=start)
         self.limits = Limits.from_settings(settings, lengths)
-        self.topic = settings.topic(TOPIC)
         self.budget = settings.kafka.max_message_bytes - ENVELOPE_MARGIN
-        self.packets = 0
         self._sent: list[asyncio.Future] = []
         self.account = ContactAccount(contact, rules=Rules.from_settings(settings)) \
             if settings.ingest.tap_gap_alerts else None
         d = settings.demux
         self.alerts = AlertCoalescer(d.alert_window_seconds, d.alert_max_ranges)
-        self.alerts_topic = settings.topic(ALERTS)
-        self.gaps = 0
+        self.settings = settings
 
     async def feed(self, data: bytes) -> None:
         """Bytes just received (in stream order)."""
         await self._publish(self.decoder.feed(data))
 
     async def finish(self) -> None:
-        """End of the stream: what the decoder still held, and the accounting's held decisions."""
+        """End of the stream: what the decoder still held, and the accounting's held decisions
+        (their alerts leave with :meth:`headers`)."""
         await self._publish(self.decoder.flush())
         if self.account is not None:
             self._gaps(self.account.finish())
-        await self._send_alerts(force=True)
 
     @property
     def through(self) -> int:
@@ -106,18 +103,19 @@ class RealtimeTap:
     def _gaps(self, events) -> None:
         for ev in events:
             if ev.type == "gap":
-                self.gaps += 1
                 self.alerts.add(self.contact, "gap", "warning", ev.first_seq, ev.count, apid=ev.apid,
                                 source=ev.source, stream_offset=ev.stream_offset)
 
     async def _send_alerts(self, force: bool) -> None:
         for alert in self.alerts.flush(force=force):
             alert = dataclasses.replace(alert, detail={**alert.detail, "origin": "ingest"})
-            payload = alert.encode()
-            self._sent.append(await self.producer.send(self.alerts_topic, payload,
-                                                       key=self.contact.encode()))
-            MESSAGES_OUT.labels("ingest", ALERTS).inc()
-            BYTES_OUT.labels("ingest", ALERTS).inc(len(payload))
+            await self._send(ALERTS, alert.encode(), self.contact.encode())
+
+    async def _send(self, topic: str, payload: bytes, key: bytes) -> None:
+        """Sent now; acknowledged before the next raw chunk (:meth:`headers`)."""
+        self._sent.append(await self.producer.send(self.settings.topic(topic), payload, key=key))
+        MESSAGES_OUT.labels("ingest", topic).inc()
+        BYTES_OUT.labels("ingest", topic).inc(len(payload))
 
     async def _publish(self, decoded: DecodedChunk) -> None:
         pk = decoded.packets
@@ -133,8 +131,4 @@ class RealtimeTap:
         now_ms = int(time.time() * 1000)
         for batch in eng_batches(decoded, sel, contact=self.contact, source=int(Source.REALTIME),
                                  raw_ts=now_ms, budget=self.budget):
-            payload = batch.encode()
-            self._sent.append(await self.producer.send(self.topic, payload, key=str(batch.apid).encode()))
-            MESSAGES_OUT.labels("ingest", TOPIC).inc()
-            BYTES_OUT.labels("ingest", TOPIC).inc(len(payload))
-        self.packets += len(sel)
+            await self._send(TOPIC, batch.encode(), str(batch.apid).encode())

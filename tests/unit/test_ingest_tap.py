@@ -10,7 +10,6 @@ from demux — also across an ingest restart in the middle of the contact.
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections import Counter
 
@@ -103,7 +102,7 @@ async def run_ingest(settings, data: bytes, resume: ResumePoint, seed: int,
                      max_chunks: int | None = None) -> Recorder:
     rec = Recorder()
     await publish(settings, rec, RAW, "TP", Pieces(data, resume.offset, seed), resume,
-                                 live=True, max_chunks=max_chunks)
+                  live=True, max_chunks=max_chunks)
     return rec
 
 
@@ -119,11 +118,6 @@ def demux_out(records: list[tuple[str, bytes, list]], topic: str = "tlm.eng.real
     return out + [o.value.encode() for o in end.fast + end.bulk if o.topic == topic]
 
 
-def route(records: list[tuple[str, bytes, list]]) -> list[bytes]:
-    """Demux's real-time messages for the raw records."""
-    return demux_out(records)
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_tap_and_demux_publish_each_real_time_packet_once(settings, contact, seed):
     settings = settings.replace(ingest_chunk_bytes=64 << 10, ingest_tap_read_bytes=3000)
@@ -131,7 +125,7 @@ async def test_tap_and_demux_publish_each_real_time_packet_once(settings, contac
     tapped = [v for t, v, _ in rec.sent if t.endswith("tlm.eng.realtime")]
     raw = [r for r in rec.sent if r[0] == RAW.topic]
     assert tapped, "the tap published nothing"
-    got = offsets(tapped) + offsets(route(raw))
+    got = offsets(tapped) + offsets(demux_out(raw))
     assert got == expected(contact)
     # nearly everything comes from the tap (demux only covers what the tap could not decide)
     assert sum(offsets(tapped).values()) >= 0.95 * sum(expected(contact).values())
@@ -155,7 +149,7 @@ async def test_an_ingest_restart_inside_a_real_time_packet_loses_nothing(setting
     raw = raw1 + [r for r in second.sent if r[0] == RAW.topic]
     tapped = [v for rec in (first, second) for t, v, _ in rec.sent if t.endswith("tlm.eng.realtime")]
     assert start not in offsets(tapped)
-    from_demux = offsets(route(raw))
+    from_demux = offsets(demux_out(raw))
     assert from_demux[start] == 1, "the packet cut by the restart was not published by demux"
     assert offsets(tapped) + from_demux == expected(contact)
 
@@ -165,7 +159,7 @@ async def test_without_the_tap_demux_publishes_everything(settings, contact):
     rec = await run_ingest(settings, contact, ResumePoint(), 4)
     assert not [t for t, _, _ in rec.sent if t.endswith("tlm.eng.realtime")]
     raw = [r for r in rec.sent if r[0] == RAW.topic]
-    assert offsets(route(raw)) == expected(contact)
+    assert offsets(demux_out(raw)) == expected(contact)
 
 
 def gap_ranges(values: list[bytes]) -> set[tuple]:
