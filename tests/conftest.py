@@ -17,6 +17,11 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import os
+import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -51,6 +56,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
 
 
+#: how long the interpreter may take to exit after the session (it joins every worker thread)
+EXIT_GRACE_S = 120.0
+_EXIT_STATUS = pytest.StashKey[int]()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Never let a thread a test left blocked hang the run after the summary.
+
+    Interpreter exit joins every executor thread (``asyncio.to_thread``); one
+    blocked for good would stall CI without a word. After EXIT_GRACE_S every
+    thread's stack is printed and the process exits with the session's status.
+    """
+    status = config.stash.get(_EXIT_STATUS, 1)
+
+    def watchdog() -> None:
+        time.sleep(EXIT_GRACE_S)
+        sys.stderr.write(f"\npytest is still exiting {EXIT_GRACE_S:.0f} s after the session; "
+                         "a test left a thread blocked. Stacks:\n")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        os._exit(status)
+
+    threading.Thread(target=watchdog, name="exit-watchdog", daemon=True).start()
+
+
+
 def base_settings() -> Settings:
     """Settings from the environment (DOWNLINK_*), as the CLI would build them."""
     return Settings.from_env()
@@ -77,7 +112,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Setti
     try:
         yield launcher.settings
     finally:
-        await launcher.down()
+        await asyncio.wait_for(launcher.down(), 120)
 
 
 def _mqtt_host(settings: Settings) -> str:
@@ -113,7 +148,7 @@ async def postgres() -> AsyncIterator[str]:
     try:
         yield server.url()
     finally:
-        await server.stop()
+        await asyncio.wait_for(server.stop(), 120)
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from consumers.l0.identity import Geometry, Limits, identity, split_identity
+from consumers.l0.identity import (END_KEY, R_GRID, R_NUMBERING, START_KEY, Geometry, Limits, check_packets,
+                                   identity, split_identity)
 from streams.decoder import decode_all
 from streams.packets import ExposureStart, Kind
-from tests.unit.l0_fixtures import data_packet, exposure
+from tests.unit.l0_fixtures import TAG, data_packet, exposure
 
 _u16 = st.integers(1, 0xFFFF)
-_u32 = st.integers(0, 0xFFFF_FFFF)
+# every value but the one whose key is the reserved exposure-end key: (65535, 65535, 2**32-1)
+# is off the 4000-pixel grid, so validation rejects it before it gets an identity
+_u32 = st.integers(0, 0xFFFF_FFFE)
 
 
 def _index(fields):
@@ -27,6 +30,13 @@ def test_distinct_fields_give_distinct_identities(fields):
     kind, i, g, o = split_identity(keys)
     assert list(zip(i.tolist(), g.tolist(), o.tolist())) == fields
     assert set(kind.tolist()) == {int(Kind.SCIENCE_DATA)}
+
+
+def test_the_only_data_fields_with_a_reserved_key_are_rejected_by_validation():
+    """(0, 0, 0) has the start key and (65535, 65535, 2**32-1) the end key; neither gets that far."""
+    index = _index([(0, 0, 0), (65535, 65535, 0xFFFF_FFFF)])
+    assert identity(index).tolist() == [int(START_KEY), int(END_KEY)]
+    assert check_packets(index, TAG).tolist() == [R_NUMBERING, R_GRID]
 
 
 def test_offset_2_28_is_not_the_next_group():
