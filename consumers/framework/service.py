@@ -29,9 +29,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Coroutine
+from typing import Any, ClassVar, Coroutine
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import ConsumerRecord
@@ -124,8 +123,6 @@ class Service(abc.ABC):
     inputs: ClassVar[tuple[Input, ...]] = ()
     #: topic -> message classes this service writes (checked against topics.yaml at start)
     outputs: ClassVar[dict[str, tuple[type[Message], ...]]] = {}
-    #: worker processes for ``run_cpu`` (0 = none needed)
-    cpu_workers: ClassVar[int] = 0
 
     def __init__(self, settings: Settings, *, instance: str | None = None) -> None:
         self.settings = settings
@@ -134,7 +131,6 @@ class Service(abc.ABC):
         self._tasks: set[asyncio.Task] = set()
         self._fatal: BaseException | None = None
         self._stopping = asyncio.Event()
-        self._pool: ProcessPoolExecutor | None = None
 
     # lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -173,9 +169,6 @@ class Service(abc.ABC):
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self.close()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
 
     async def __aenter__(self) -> "Service":
         await self.start()
@@ -206,12 +199,6 @@ class Service(abc.ABC):
                                                     "error": repr(t.exception())})
         task.add_done_callback(done)
         return task
-
-    async def run_cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a picklable CPU-heavy function in this service's process pool (never on the loop)."""
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=max(1, self.cpu_workers))
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     # hooks -----------------------------------------------------------------------------------
     async def on_start(self) -> None:
