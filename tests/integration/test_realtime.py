@@ -305,9 +305,12 @@ async def test_oscillation_is_one_transition_and_persistence_delays_by_n(setting
                 await runner
         limit = [a for a in tap.alerts("limit") if a["parameter"] == p.name]
         assert [(a["from"], a["to"], a["seq"]) for a in limit] == [("nominal", "yellow", 10 + n - 1)]
+        # the publisher keeps only the latest value per parameter when MQTT lags (a loaded machine
+        # supersedes some samples), so judge every sample that was published, whichever they are
         states = {pl["seq"]: pl["limit"] for t, pl in tap.eng() if t.endswith(p.name)}
-        assert states[10 + n - 2] == "nominal" and states[10 + n - 1] == "yellow"
-        assert {states[s] for s in range(10 + n - 1, len(eng))} == {"yellow"}
+        assert states[len(eng) - 1] == "yellow"
+        assert {states[s] for s in states if s < 10 + n - 1} <= {"nominal"}
+        assert {states[s] for s in states if s >= 10 + n - 1} == {"yellow"}
     finally:
         await clear_retained(settings)
 
