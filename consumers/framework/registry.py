@@ -27,12 +27,17 @@ class ServiceSpec:
     default: bool = True
     description: str = ""
     #: background work: a process running only such services yields the CPU to real-time ones
-    #: (``run.bulk_nice``); demux is not, it carries gap alerts and dumps' real-time packets
+    #: (``run.bulk_nice``)
     bulk: bool = False
+    #: background work only while ingest's real-time tap carries live feeds' real-time packets
+    #: and gap alerts (``ingest.realtime_tap``): demux then serves dumps and replays, and at
+    #: normal priority it took the CPU from realtime and the broker (docs/realtime.md)
+    bulk_when_tapped: bool = False
 
 
 SERVICES: dict[str, ServiceSpec] = {spec.name: spec for spec in (
-    ServiceSpec("demux", "consumers.demux.service:Demux", description="raw chunks -> telemetry topics"),
+    ServiceSpec("demux", "consumers.demux.service:Demux", description="raw chunks -> telemetry topics",
+                bulk_when_tapped=True),
     ServiceSpec("l0", "consumers.l0.service:L0Assembler", description="science runs -> L0 files", bulk=True),
     ServiceSpec("l1b", "consumers.l1b.service:L1b", description="L0 files -> uncal FITS -> cal.requests", bulk=True),
     ServiceSpec("realtime", "consumers.realtime.service:Realtime", description="real-time engineering and alerts -> MQTT"),
@@ -43,9 +48,11 @@ SERVICES: dict[str, ServiceSpec] = {spec.name: spec for spec in (
 )}
 
 
-def is_bulk(names: list[str]) -> bool:
-    """True when every named service is background work (see :attr:`ServiceSpec.bulk`)."""
-    return bool(names) and all(SERVICES[n].bulk for n in names if n in SERVICES)
+def is_bulk(names: list[str], tapped: bool) -> bool:
+    """True when every named service is background work (see :attr:`ServiceSpec.bulk`);
+    ``tapped``: ingest's real-time tap is on (``ingest.realtime_tap``)."""
+    return bool(names) and all(SERVICES[n].bulk or (tapped and SERVICES[n].bulk_when_tapped)
+                               for n in names if n in SERVICES)
 
 
 def names(default_only: bool = False) -> list[str]:

@@ -51,5 +51,5 @@ def _background_if_bulk(settings, names: list[str]) -> None:
     from consumers.framework import registry
     from consumers.framework.priority import yield_to_realtime
 
-    if registry.is_bulk(names):
+    if registry.is_bulk(names, tapped=settings.ingest.realtime_tap):
         yield_to_realtime(settings, ",".join(names))

@@ -193,7 +193,9 @@ def test_bulk_services_yield_the_cpu_to_real_time_ones(ours):
         if not names:
             continue
         shares = svc.get("cpu_shares", 1024)
-        if registry.is_bulk(names):
+        env = svc.get("environment") or {}
+        tapped = str(env.get("DOWNLINK_INGEST_REALTIME_TAP", "true")).lower() not in ("false", "0", "no")
+        if registry.is_bulk(names, tapped=tapped):
             assert shares < 1024, f"{name}: bulk work should yield the CPU (cpu_shares)"
         else:
             assert shares >= 1024, f"{name}: carries real-time work, keep the default CPU shares"
